@@ -1,0 +1,200 @@
+"""The store: stage outputs as Parquet under ``{store}/{dataset}/{stage}/`` through fsspec.
+
+Writes are atomic: a local file is written to a temporary name and renamed; an object store
+``put`` is atomic per object. A stage's results are a folder of immutable ``part-*.parquet`` files,
+each a checkpoint of one batch; a crash loses at most the batch in flight. Readers take the union
+of the parts and, when a key repeats (two runs raced), the last one written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+
+def _rows_table(rows: Sequence[BaseModel | dict[str, Any]], model: type[BaseModel] | None) -> pa.Table:
+    dicts = [r.model_dump() if isinstance(r, BaseModel) else dict(r) for r in rows]
+    schema = arrow_schema(model) if model is not None else None
+    return pa.Table.from_pylist(dicts, schema=schema)
+
+
+_PY_TO_ARROW: dict[Any, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+}
+
+
+def arrow_schema(model: type[BaseModel]) -> pa.Schema:
+    """The Arrow schema of a flat record model (str/int/float/bool and lists of str)."""
+    import typing
+
+    fields = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        nullable = False
+        args = typing.get_args(annotation)
+        if type(None) in args:
+            nullable = True
+            annotation = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(annotation)
+        if origin is list:
+            (inner,) = typing.get_args(annotation)
+            dtype: pa.DataType = pa.list_(_PY_TO_ARROW[inner])
+        elif origin is typing.Literal:
+            dtype = pa.string()
+        else:
+            dtype = _PY_TO_ARROW[annotation]
+        fields.append(pa.field(name, dtype, nullable=nullable))
+    return pa.schema(fields)
+
+
+class Store:
+    """One dataset's folder in an fsspec file system."""
+
+    def __init__(self, url: str, dataset: str, storage_options: dict[str, Any] | None = None):
+        if "://" not in url:
+            url = "file://" + os.path.abspath(url)
+        elif url.startswith("file://") and not url.startswith("file:///"):
+            url = "file://" + os.path.abspath(url.removeprefix("file://"))
+        self.url = url.rstrip("/")
+        self.dataset = dataset
+        self.storage_options = dict(storage_options or {})
+        self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        self.root = f"{root.rstrip('/')}/{dataset}"
+        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
+
+    # ------------------------------------------------------------------ paths
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def uri(self, *parts: str) -> str:
+        """A full URL (with protocol) for users and for ``datasets.load_dataset``."""
+        path = self.path(*parts)
+        if self.local:
+            return path
+        protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
+        return f"{protocol}://{path}"
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    def ls(self, *parts: str) -> list[str]:
+        """Names (not paths) directly under a folder; [] when it does not exist."""
+        path = self.path(*parts)
+        if not self.fs.exists(path):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
+
+    # ------------------------------------------------------------------ atomic writes
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        path = self.path(relpath)
+        parent = path.rsplit("/", 1)[0]
+        if self.local:
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = f"{parent}/.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+        return path
+
+    def write_table(self, relpath: str, table: pa.Table) -> str:
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="zstd")
+        return self.write_bytes(relpath, sink.getvalue())
+
+    def write_json(self, relpath: str, obj: Any) -> str:
+        return self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, relpath: str, default: Any = None) -> Any:
+        path = self.path(relpath)
+        if not self.fs.exists(path):
+            return default
+        with self.fs.open(path, "rb") as handle:
+            return json.loads(handle.read())
+
+    def read_table(self, relpath: str) -> pa.Table:
+        with self.fs.open(self.path(relpath), "rb") as handle:
+            return pq.read_table(handle)
+
+    def delete(self, relpath: str) -> None:
+        path = self.path(relpath)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # ------------------------------------------------------------------ result logs
+    def results(self, stage: str, model: type[BaseModel] | None = None, key: str | None = None) -> ResultLog:
+        return ResultLog(self, stage, model, key)
+
+
+class ResultLog:
+    """Append-only results of one stage: immutable Parquet parts keyed by a content key column."""
+
+    def __init__(self, store: Store, stage: str, model: type[BaseModel] | None, key: str | None):
+        self.store = store
+        self.stage = stage
+        self.model = model
+        self.key = key
+        self.schema = arrow_schema(model) if model is not None else None
+
+    def parts(self) -> list[str]:
+        return [n for n in self.store.ls(self.stage) if n.endswith(".parquet")]
+
+    def append(self, rows: Sequence[BaseModel | dict[str, Any]], label: str = "part") -> str | None:
+        """Write one checkpoint part; returns its path (None for no rows)."""
+        if not rows:
+            return None
+        table = _rows_table(rows, self.model)
+        name = f"{label}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        return self.store.write_table(f"{self.stage}/{name}", table)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The union of the parts, deduplicated on the key (last write wins)."""
+        tables = []
+        for name in self.parts():
+            with self.store.fs.open(self.store.path(self.stage, name), "rb") as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+        if not tables:
+            if self.schema is None:
+                return pa.table({})
+            schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+            return schema.empty_table()
+        table = pa.concat_tables(tables, promote_options="default")
+        if self.key and self.key in table.column_names and table.num_rows:
+            keys = table.column(self.key).to_pylist()
+            last: dict[Any, int] = {}
+            for index, value in enumerate(keys):
+                last[value] = index
+            if len(last) != len(keys):
+                table = table.take(sorted(last.values()))
+        return table
+
+    def rows(self, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        return self.read(columns).to_pylist()
+
+    def keys(self) -> set[str]:
+        if not self.key:
+            raise ValueError(f"result log {self.stage!r} has no key column")
+        return set(self.read([self.key]).column(self.key).to_pylist())
+
+    def replace(self, rows: Iterable[BaseModel | dict[str, Any]], label: str = "part") -> None:
+        """Rewrite the log as one part (used for small derived stages, not for LLM results)."""
+        old = self.parts()
+        self.append(list(rows), label=label)
+        for name in old:
+            self.store.delete(f"{self.stage}/{name}")

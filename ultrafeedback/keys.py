@@ -1,0 +1,66 @@
+"""Content keys: a unit of work's key changes exactly when something that shapes its output does."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from typing import Any
+
+_SPACE = re.compile(r"\s+")
+
+
+def content_key(kind: str, *parts: Any) -> str:
+    """A stable 24-hex-digit key over ``kind`` and JSON-serialisable parts."""
+    blob = json.dumps([kind, *parts], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def normalise_text(text: str) -> str:
+    """NFC, unified newlines, trimmed lines and ends; inner spacing of a line is kept."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    lines = [line.rstrip() for line in text.split("\n")]
+    return "\n".join(lines).strip()
+
+
+def instruction_id(source: str, normalised: str) -> str:
+    return content_key("instruction", source, normalised)
+
+
+def request_id(
+    instruction: str,
+    model: str,
+    served_model: str,
+    principle: str,
+    system_prompt: str,
+    sampling_json: str,
+    prompt_format_version: str,
+) -> str:
+    return content_key(
+        "request",
+        instruction,
+        model,
+        served_model,
+        principle,
+        system_prompt,
+        sampling_json,
+        prompt_format_version,
+    )
+
+
+def annotation_key(
+    completion_ids: list[str], aspect: str, judge_model: str, template_version: str, sampling_json: str
+) -> str:
+    return content_key("annotation", completion_ids, aspect, judge_model, template_version, sampling_json)
+
+
+def critique_key(
+    completion_id: str, judge_model: str, template_version: str, sampling_json: str
+) -> str:
+    return content_key("critique", completion_id, judge_model, template_version, sampling_json)
+
+
+def seeded_int(seed: int, *parts: Any) -> int:
+    """A deterministic 64-bit integer from a seed and parts, for per-item RNGs."""
+    return int(content_key("rng", seed, *parts)[:16], 16)

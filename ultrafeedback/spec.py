@@ -1,0 +1,395 @@
+"""The dataset spec: one YAML file, validated on load.
+
+Errors name the key path (``models[2].endpoint``) and the file. Any key can be overridden with a
+dotted path, ``--set endpoints.openai.base_url=http://...``; list items are addressed by index
+(``models.0.sampling.temperature``) or by their ``id``/``name`` (``models.gpt-4.sampling.temperature``).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ultrafeedback.records import ASPECTS, PRINCIPLES
+
+
+class SpecError(ValueError):
+    """The spec (or an override) is invalid; the message names the file and key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sampling(_Strict):
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+
+    def merged(self, override: Sampling | None) -> Sampling:
+        """These parameters with every field the override sets replaced."""
+        if override is None:
+            return self
+        data = self.model_dump()
+        data.update({k: v for k, v in override.model_dump().items() if v is not None})
+        return Sampling(**data)
+
+    def canonical_json(self) -> str:
+        return json.dumps(
+            {k: v for k, v in self.model_dump().items() if v is not None}, sort_keys=True
+        )
+
+
+class FieldMap(_Strict):
+    """Which input column holds each field."""
+
+    instruction: str = "instruction"
+    correct_answers: str | None = None
+    incorrect_answers: str | None = None
+    id: str | None = None
+
+
+class Source(_Strict):
+    name: str = Field(description="the value of the `source` field in the release")
+    loader: Literal["jsonl", "parquet", "csv", "hf"]
+    path: str = Field(description="a file (relative to the spec file), an fsspec URL, or a hub id")
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_revision: str | None = None
+    fields: FieldMap = Field(default_factory=FieldMap)
+    quota: int | None = Field(default=None, ge=1)
+    principles: dict[str, float] = Field(default_factory=lambda: {"helpfulness": 1.0})
+    world_knowledge: Literal["none", "answers", "false_premise", "target"] = "none"
+
+    @field_validator("principles")
+    @classmethod
+    def _check_principles(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("needs at least one principle")
+        for name, weight in value.items():
+            if name not in PRINCIPLES:
+                raise ValueError(f"unknown principle {name!r}; known: {', '.join(PRINCIPLES)}")
+            if weight < 0:
+                raise ValueError(f"weight of {name!r} is negative")
+        if sum(value.values()) <= 0:
+            raise ValueError("weights sum to zero")
+        return value
+
+
+class Endpoint(_Strict):
+    base_url: str
+    api_key_env: str | None = Field(default=None, description="environment variable with the key")
+    api_key_block: str | None = Field(default=None, description="Prefect Secret block name")
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0)
+    max_in_flight: int = Field(default=32, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    backoff_base_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=60.0, ge=0)
+    batch_api: bool = False
+
+
+class Price(_Strict):
+    input_per_mtok: float = Field(default=0.0, ge=0)
+    output_per_mtok: float = Field(default=0.0, ge=0)
+
+
+class ModelEntry(_Strict):
+    id: str = Field(description="the model id recorded in the release")
+    backend: Literal["openai", "embedded", "vllm"]
+    endpoint: str | None = Field(default=None, description="endpoint name (backend openai)")
+    model: str | None = Field(default=None, description="model name at the endpoint / in vLLM")
+    path: str | None = Field(default=None, description="local weights (embedded, vllm)")
+    prompt_format: str = "chat"
+    sampling: Sampling | None = None
+    price: Price = Field(default_factory=Price)
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> ModelEntry:
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError("backend 'openai' needs an `endpoint`")
+        if self.backend == "vllm" and not (self.path or self.model):
+            raise ValueError("backend 'vllm' needs a `path` or `model`")
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.model or self.id
+
+
+class Judge(_Strict):
+    backend: Literal["openai", "heuristic"] = "heuristic"
+    endpoint: str | None = None
+    model: str = "heuristic-v1"
+    aspects: list[str] = Field(default_factory=lambda: list(ASPECTS))
+    critique: bool = True
+    sampling: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=500)
+    )
+    critique_sampling: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=1024)
+    )
+    parse_retries: int = Field(default=3, ge=0, description="re-queries after unparseable output")
+    shuffle: bool = True
+    price: Price = Field(default_factory=Price)
+
+    @field_validator("aspects")
+    @classmethod
+    def _check_aspects(cls, value: list[str]) -> list[str]:
+        for aspect in value:
+            if aspect not in ASPECTS:
+                raise ValueError(f"unknown aspect {aspect!r}; known: {', '.join(ASPECTS)}")
+        if len(set(value)) != len(value):
+            raise ValueError("aspects repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> Judge:
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError("judge backend 'openai' needs an `endpoint`")
+        return self
+
+
+class Ingest(_Strict):
+    dedup: Literal["none", "exact", "near"] = "near"
+    max_chars: int = Field(default=20_000, ge=1)
+    decontaminate: list[str] = Field(
+        default_factory=list, description="files of benchmark questions; exact matches are removed"
+    )
+
+
+class Pairs(_Strict):
+    score: Literal["fine_grained", "overall"] = "fine_grained"
+
+
+class Binarize(_Strict):
+    rule: Literal["h4", "argilla"] = "h4"
+    test_size: float = Field(default=0.1, gt=0)
+    seed: int = 42
+    exclude_sources: list[str] = Field(default_factory=list)
+
+
+class Gates(_Strict):
+    max_quarantined: int = Field(default=0, ge=0, description="quarantined input records allowed")
+    min_instructions: int = Field(default=1, ge=0)
+    min_generation_success: float = Field(default=1.0, ge=0, le=1)
+    min_annotation_success: float = Field(default=1.0, ge=0, le=1)
+    min_rating_rate: float = Field(
+        default=1.0, ge=0, le=1, description="share of completions with every aspect rated"
+    )
+    min_pairs: int = Field(default=1, ge=0)
+
+
+class PublishTarget(_Strict):
+    kind: Literal["store", "local", "s3", "hub"] = "store"
+    uri: str | None = Field(default=None, description="folder/bucket URL, or the hub repo id")
+    private: bool = True
+
+
+class Publish(_Strict):
+    targets: list[PublishTarget] = Field(default_factory=lambda: [PublishTarget()])
+    max_shard_rows: int = Field(default=50_000, ge=1)
+
+
+class Execution(_Strict):
+    shard_size: int = Field(default=500, ge=1, description="instructions per shard")
+    checkpoint_every: int = Field(default=64, ge=1, description="results per checkpoint write")
+    dask_address: str | None = None
+    dask_workers: int = Field(default=1, ge=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Spec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    store: str = "file://./.ultrafeedback"
+    sources: list[Source] = Field(min_length=1)
+    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    models: list[ModelEntry] = Field(min_length=1)
+    completions_per_instruction: int = Field(default=4, ge=1)
+    sampling: Sampling = Field(
+        default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, max_tokens=1024)
+    )
+    principles: dict[str, list[str]] | None = Field(
+        default=None, description="principle -> system prompts; default: the packaged set"
+    )
+    ingest: Ingest = Field(default_factory=Ingest)
+    judge: Judge = Field(default_factory=Judge)
+    pairs: Pairs = Field(default_factory=Pairs)
+    binarize: Binarize = Field(default_factory=Binarize)
+    gates: Gates = Field(default_factory=Gates)
+    publish: Publish = Field(default_factory=Publish)
+    execution: Execution = Field(default_factory=Execution)
+
+    # where the spec came from; relative source paths resolve against it
+    base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Spec:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources: names repeat: {names}")
+        ids = [m.id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"models: ids repeat: {ids}")
+        for i, model in enumerate(self.models):
+            if model.endpoint is not None and model.endpoint not in self.endpoints:
+                raise ValueError(
+                    f"models[{i}].endpoint: {model.endpoint!r} is not in endpoints "
+                    f"({', '.join(self.endpoints) or 'none defined'})"
+                )
+        if self.judge.endpoint is not None and self.judge.endpoint not in self.endpoints:
+            raise ValueError(f"judge.endpoint: {self.judge.endpoint!r} is not in endpoints")
+        if self.completions_per_instruction > len(self.models):
+            raise ValueError(
+                f"completions_per_instruction: {self.completions_per_instruction} distinct models "
+                f"per instruction, but the pool has only {len(self.models)}"
+            )
+        if self.principles is not None:
+            for source in self.sources:
+                for principle in source.principles:
+                    if not self.principles.get(principle):
+                        raise ValueError(
+                            f"sources.{source.name}.principles: {principle!r} has no prompts in "
+                            "`principles`"
+                        )
+        return self
+
+    def model_entry(self, model_id: str) -> ModelEntry:
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        raise KeyError(model_id)
+
+    def resolve_path(self, path: str) -> str:
+        """A source path as given, or resolved against the spec file's folder when relative."""
+        if "://" in path or Path(path).is_absolute():
+            return path
+        return str((Path(self.base_dir) / path).resolve())
+
+    def spec_hash(self) -> str:
+        """A hash of everything that determines the data (not where it is stored or published)."""
+        data = self.model_dump(mode="json", exclude={"store", "publish", "execution"})
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple[Any, ...], data: Any) -> str:
+    """pydantic's location tuple as ``models[2].endpoint`` (list items by their id when known)."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node) and isinstance(node[item], dict):
+                ident = node[item].get("id") or node[item].get("name")
+                if ident:
+                    label = f"[{item}] ({ident})"
+            parts.append(label)
+            node = node[item] if isinstance(node, list) and 0 <= item < len(node) else None
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def validate_dict(data: Any, origin: str = "<spec>", base_dir: str = ".") -> Spec:
+    """Validate a spec given as a mapping; raise SpecError naming each bad key path."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: the spec must be a mapping, got {type(data).__name__}")
+    try:
+        return Spec(**data, base_dir=base_dir)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = _format_loc(tuple(err["loc"]), data)
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            lines.append(f"  {where}: {message}")
+        raise SpecError(f"{origin}: invalid spec\n" + "\n".join(lines)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` as (path, YAML-parsed value)."""
+    if "=" not in text:
+        raise SpecError(f"--set {text!r}: expected dotted.key=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise SpecError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise SpecError(f"--set {key}: value is not valid YAML: {exc}") from None
+    return key, value
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (a dotted path) in ``data`` in place, creating mappings as needed."""
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part, key, where)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping or list")
+        if last:
+            node[part] = value
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+
+
+def _list_index(node: list[Any], part: str, key: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(node) <= index < len(node):
+            raise SpecError(f"--set {key}: {where}: index out of range (list has {len(node)})")
+        return index
+    for index, item in enumerate(node):
+        if isinstance(item, dict) and part in (item.get("id"), item.get("name")):
+            return index
+    raise SpecError(f"--set {key}: {where}: no list item with id or name {part!r}")
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate a spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        raise SpecError(f"{path}: the spec file is empty")
+    data = copy.deepcopy(data)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if not isinstance(data, dict):
+            break
+        apply_override(data, key, value)
+    return validate_dict(data, origin=str(path), base_dir=str(path.resolve().parent))
