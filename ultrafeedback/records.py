@@ -153,3 +153,43 @@ class Failure(_Record):
     error: str
     attempts: int
     at: float = Field(description="unix time")
+
+
+class ScoredCompletion(_Record):
+    """One completion with its instruction, annotations, critique and scores: one row per completion.
+
+    This flat table is what aggregate, pairs, the gates and publish read. Aspect columns are named
+    ``{aspect}_rating`` etc.; they are null when that aspect was not rated (not requested, or its
+    judge call failed).
+    """
+
+    completion_id: str
+    instruction_id: str
+    source: str
+    instruction: str
+    correct_answers: list[str]
+    incorrect_answers: list[str]
+    models: list[str] = Field(description="the k models assigned to this instruction, in slot order")
+    position: int
+    model: str
+    principle: str
+    system_prompt: str
+    response: str
+    finish_reason: str = ""
+    instruction_following_rating: str | None = None
+    instruction_following_rationale: str | None = None
+    honesty_rating: str | None = None
+    honesty_rationale: str | None = None
+    truthfulness_rating: str | None = None
+    truthfulness_rationale: str | None = None
+    truthfulness_type: list[str] | None = None
+    truthfulness_type_rationale: str | None = None
+    helpfulness_rating: str | None = None
+    helpfulness_rationale: str | None = None
+    helpfulness_type: list[str] | None = None
+    helpfulness_type_rationale: str | None = None
+    critique: str | None = None
+    overall_score: float | None = None
+    fine_grained_score: float | None = None
+    judge_model: str
+    judge_kind: JudgeKind
