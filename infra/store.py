@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 
-def _rows_table(rows: Sequence[BaseModel | dict[str, Any]], model: type[BaseModel] | None) -> pa.Table:
+def rows_table(rows: Sequence[BaseModel | dict[str, Any]], model: type[BaseModel] | None) -> pa.Table:
     dicts = [r.model_dump() if isinstance(r, BaseModel) else dict(r) for r in rows]
     schema = arrow_schema(model) if model is not None else None
     return pa.Table.from_pylist(dicts, schema=schema)
@@ -159,7 +159,7 @@ class ResultLog:
         """Write one checkpoint part; returns its path (None for no rows)."""
         if not rows:
             return None
-        table = _rows_table(rows, self.model)
+        table = rows_table(rows, self.model)
         name = f"{label}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         return self.store.write_table(f"{self.stage}/{name}", table)
 

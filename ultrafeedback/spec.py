@@ -175,7 +175,9 @@ class Pairs(_Strict):
 
 class Binarize(_Strict):
     rule: Literal["h4", "argilla"] = "h4"
-    test_size: float = Field(default=0.1, gt=0)
+    test_size: int | float = Field(
+        default=0.1, gt=0, description="below 1: the test fraction; 1 or more: the test row count"
+    )
     seed: int = 42
     exclude_sources: list[str] = Field(default_factory=list)
 

@@ -1,0 +1,343 @@
+"""The ``build`` flow: spec -> ingest -> assign -> generate -> annotate -> aggregate -> pairs ->
+publish, with a Great Expectations gate after every stage.
+
+Orchestration only. Work that calls models runs as one Prefect task per shard (never per row);
+every stage reads what the store already holds and computes only the missing content keys, so a
+rerun of a finished build sends no request at all.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from infra.progress import stage_bar
+from infra.store import Store, rows_table
+from tasks.common import INSTRUCTIONS, REQUESTS, read_instructions, read_requests
+from ultrafeedback.records import (
+    AspectAnnotation,
+    Completion,
+    CompletionRequest,
+    Critique,
+    Instruction,
+    Quarantined,
+    ScoredCompletion,
+)
+from ultrafeedback.spec import Spec, load_spec, validate_dict
+
+SCORED = "scored"
+
+
+class BuildSummary:
+    """Counts, failures, tokens and wall time per stage, for the CLI and the Prefect UI."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.failures: Counter[str] = Counter()
+        self.tokens: dict[str, list[int]] = {}
+        self.seconds: dict[str, float] = {}
+        self.issued: Counter[str] = Counter()
+        self.gates: dict[str, Any] = {}
+
+    @contextmanager
+    def stage(self, name: str):  # noqa: ANN201
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
+
+    def add_reports(self, reports: list[dict[str, Any]]) -> None:
+        for report in reports:
+            self.issued[report["stage"]] += report["issued"]
+            for reason, count in report["failed"].items():
+                self.failures[f"{report['stage']}:{reason}"] += count
+            for model, (tokens_in, tokens_out) in report["tokens"].items():
+                pair = self.tokens.setdefault(model, [0, 0])
+                pair[0] += tokens_in
+                pair[1] += tokens_out
+
+    def cost(self, spec: Spec) -> dict[str, float]:
+        prices = {m.id: m.price for m in spec.models}
+        from tasks.annotate.annotate import judge_model_id
+
+        prices[judge_model_id(spec)] = spec.judge.price
+        out = {}
+        for model, (tokens_in, tokens_out) in self.tokens.items():
+            price = prices.get(model)
+            if price is not None:
+                out[model] = round(
+                    tokens_in / 1e6 * price.input_per_mtok + tokens_out / 1e6 * price.output_per_mtok, 4
+                )
+        return out
+
+    def to_dict(self, spec: Spec) -> dict[str, Any]:
+        return {
+            "counts": self.counts,
+            "requests_sent": dict(self.issued),
+            "failures": dict(self.failures),
+            "tokens": self.tokens,
+            "estimated_cost_usd": self.cost(spec),
+            "seconds": self.seconds,
+        }
+
+    def render(self, spec: Spec) -> str:
+        lines = ["", f"== build summary: {spec.name} =="]
+        lines.append("counts:    " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
+        sent = ", ".join(f"{k} {v}" for k, v in self.issued.items()) or "none (all results were stored)"
+        lines.append(f"requests:  {sent}")
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
+        lines.append(f"failures:  {failures}")
+        cost = self.cost(spec)
+        for model, (tokens_in, tokens_out) in sorted(self.tokens.items()):
+            lines.append(f"tokens:    {model}: {tokens_in} in / {tokens_out} out, est. ${cost.get(model, 0):.4f}")
+        lines.append("time (s):  " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def _store(spec: Spec) -> Store:
+    return Store(spec.store, spec.name, spec.execution.storage_options)
+
+
+def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any, **facts: Any) -> None:
+    """Run the stage's suite on its rows (records or a DataFrame); record the result; stop the run
+    when it fails."""
+    import pandas as pd
+
+    from expectations.gate import GateContext, enforce, run_gate
+
+    if isinstance(rows, pd.DataFrame):
+        frame = rows
+    else:
+        frame = pd.DataFrame([r.model_dump() if hasattr(r, "model_dump") else r for r in rows])
+    context = GateContext(gates=spec.gates, **facts)
+    result = run_gate(stage, frame, context)
+    summary.gates[stage] = result.to_dict()
+    store.write_json(f"gates/{stage}.json", result.to_dict())
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(
+            key=f"gate-{stage}".replace("_", "-"),
+            table=[c for c in result.to_dict()["checks"]],
+            description=f"Great Expectations gate `{stage}`: {'passed' if result.passed else 'FAILED'}",
+        )
+    except Exception:  # noqa: BLE001 - artifacts are best effort outside a server
+        pass
+    enforce(result)
+
+
+# --------------------------------------------------------------------------- stage tasks
+
+
+@task(name="ingest", cache_policy=NO_CACHE)
+def ingest_task(spec: Spec) -> dict[str, Any]:
+    from tasks.ingest.ingest import ingest
+
+    store = _store(spec)
+    result = ingest(spec)
+    store.results(INSTRUCTIONS, Instruction, key="id").replace(result.instructions)
+    store.results("quarantine", Quarantined).replace(result.quarantined)
+    store.results("dropped", Quarantined).replace(result.dropped)
+    store.write_json("ingest/stats.json", result.stats)
+    return {
+        "instructions": len(result.instructions),
+        "quarantined": len(result.quarantined),
+        "dropped": len(result.dropped),
+        "quarantine_examples": [q.model_dump() for q in result.quarantined[:5]],
+    }
+
+
+@task(name="assign", cache_policy=NO_CACHE)
+def assign_task(spec: Spec) -> dict[str, Any]:
+    from tasks.assign.assign import assign, shard_instructions
+
+    store = _store(spec)
+    instructions = sorted(read_instructions(store).values(), key=lambda i: (i.source, i.id))
+    shard_of = shard_instructions(instructions, spec.execution.shard_size)
+    requests = assign(instructions, spec, shard_of)
+    store.delete(REQUESTS)
+    by_shard: dict[int, list[CompletionRequest]] = {}
+    for request in requests:
+        by_shard.setdefault(request.shard, []).append(request)
+    log = store.results(REQUESTS, CompletionRequest, key="request_id")
+    for shard, rows in sorted(by_shard.items()):
+        store.write_table(f"{REQUESTS}/shard-{shard:05d}.parquet", rows_table(rows, log.model))
+    return {"requests": len(requests), "shards": sorted(by_shard)}
+
+
+@task(name="score", cache_policy=NO_CACHE)
+def score_task(spec: Spec) -> int:
+    from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, build_scored
+    from tasks.generate.generate import STAGE as COMPLETIONS
+
+    store = _store(spec)
+    requests = read_requests(store)
+    completions = {
+        c["request_id"]: Completion(**c)
+        for c in store.results(COMPLETIONS, Completion, key="request_id").rows()
+    }
+    annotations = {
+        a["annotation_key"]: AspectAnnotation(**a)
+        for a in store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key").rows()
+    }
+    critiques = {
+        c["critique_key"]: Critique(**c) for c in store.results(CRITIQUES, Critique, key="critique_key").rows()
+    }
+    rows = build_scored(spec, read_instructions(store), requests, completions, annotations, critiques)
+    store.results(SCORED, ScoredCompletion, key="completion_id").replace(rows)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+def _pending_generation(store: Store, requests: list[CompletionRequest]) -> list[CompletionRequest]:
+    from tasks.generate.generate import STAGE as COMPLETIONS
+
+    done = store.results(COMPLETIONS, Completion, key="request_id").keys()
+    return [r for r in requests if r.request_id not in done]
+
+
+def run_build(spec: Spec) -> str:
+    """Run every stage of ``spec`` and return the published release's URI."""
+    from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, plan_jobs
+    from tasks.annotate.task import annotate_shard_task
+    from tasks.generate.generate import STAGE as COMPLETIONS
+    from tasks.generate.task import generate_shard_task
+
+    logger = get_run_logger()
+    store = _store(spec)
+    summary = BuildSummary()
+    allowed_models = [m.id for m in spec.models]
+    k = spec.completions_per_instruction
+
+    with summary.stage("ingest"):
+        ingested = ingest_task(spec)
+        instructions = read_instructions(store)
+        summary.counts["instructions"] = len(instructions)
+        summary.counts["quarantined"] = ingested["quarantined"]
+        summary.counts["dropped"] = ingested["dropped"]
+        _gate(
+            spec, store, summary, "ingest", list(instructions.values()),
+            allowed_sources=[s.name for s in spec.sources], quarantined=ingested["quarantined"],
+            quarantine_examples=ingested["quarantine_examples"],
+        )
+
+    with summary.stage("assign"):
+        assigned = assign_task(spec)
+        requests = read_requests(store)
+        summary.counts["requests"] = len(requests)
+        _gate(spec, store, summary, "assign", requests, k=k, allowed_models=allowed_models)
+
+    with summary.stage("generate"):
+        pending = _pending_generation(store, requests)
+        shards = sorted({r.shard for r in pending})
+        logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
+        with stage_bar("generate", len(pending)):
+            reports = generate_shard_task.map(unmapped(spec), shards).result() if shards else []
+        summary.add_reports(reports)
+        request_ids = {r.request_id for r in requests}
+        completions = {
+            c.request_id: c
+            for c in (Completion(**row) for row in store.results(COMPLETIONS, Completion, key="request_id").rows())
+            if c.request_id in request_ids
+        }
+        summary.counts["completions"] = len(completions)
+        _gate(
+            spec, store, summary, "generate", list(completions.values()),
+            expected_rows=len(requests), allowed_models=allowed_models,
+        )
+
+    with summary.stage("annotate"):
+        done_annotations = store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key").keys()
+        done_critiques = store.results(CRITIQUES, Critique, key="critique_key").keys()
+        aspect_jobs, critique_jobs = plan_jobs(
+            spec, requests, instructions, completions, done_annotations, done_critiques
+        )
+        shard_of = {r.request_id: r.shard for r in requests}
+        todo = {shard_of[j.completion_ids[0]] for j in aspect_jobs}
+        todo |= {j.request.shard for j in critique_jobs}
+        with stage_bar("annotate", len(aspect_jobs) + len(critique_jobs)):
+            reports = annotate_shard_task.map(unmapped(spec), sorted(todo)).result() if todo else []
+        summary.add_reports(reports)
+        scored_count = score_task(spec)
+        scored = store.results(SCORED, ScoredCompletion, key="completion_id").read().to_pandas()
+        summary.counts["scored_completions"] = scored_count
+        _gate(
+            spec, store, summary, "annotate", scored,
+            expected_rows=len(completions), aspects=list(spec.judge.aspects), critique=spec.judge.critique,
+        )
+
+    with summary.stage("aggregate"):
+        from tasks.aggregate.task import aggregate_task
+
+        aggregated = aggregate_task(spec)
+
+    with summary.stage("pairs"):
+        from tasks.pairs.task import pairs_task
+
+        pairs_info = pairs_task(spec)
+        summary.counts["pairs"] = pairs_info["pairs"]
+        summary.counts["binarized"] = pairs_info["binarized"]
+        from tasks.pairs.task import read_binarized, read_pairs
+
+        _gate(spec, store, summary, "pairs", read_pairs(store))
+        _gate(
+            spec, store, summary, "binarized", read_binarized(store),
+            strict_binarized=spec.binarize.rule == "argilla",
+        )
+
+    with summary.stage("publish"):
+        from tasks.publish.task import publish_task
+
+        release = publish_task(spec, aggregated, summary.gates, summary.to_dict(spec))
+
+    _report(spec, summary, release)
+    return release["uri"]
+
+
+def _report(spec: Spec, summary: BuildSummary, release: dict[str, Any]) -> None:
+    text = summary.render(spec)
+    text += f"\nrelease:   v{release['version']} {release['uri']}"
+    print(text, file=sys.stderr)
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(
+            key="build-summary", markdown=f"```\n{text}\n```", description=f"build of {spec.name}"
+        )
+    except Exception:  # noqa: BLE001
+        pass
+
+
+@flow(name="build", task_runner=ThreadPoolTaskRunner(max_workers=4))
+def build(
+    spec_path: str = "deployments/specs/demo.yaml",
+    overrides: list[str] | None = None,
+    spec_data: dict[str, Any] | None = None,
+) -> str:
+    """Build a preference dataset from a spec file (or an inline spec) and publish a release.
+
+    Args:
+        spec_path: the spec YAML (relative to the working directory of the flow run).
+        overrides: dotted-path overrides, e.g. ``["endpoints.openai.base_url=http://..."]``.
+        spec_data: an inline spec mapping used instead of ``spec_path`` when given.
+    """
+    if spec_data is not None:
+        from ultrafeedback.spec import apply_override, parse_override
+
+        data = dict(spec_data)
+        for text in overrides or []:
+            apply_override(data, *parse_override(text))
+        spec = validate_dict(data, origin="spec_data")
+    else:
+        spec = load_spec(spec_path, overrides)
+    return run_build(spec)

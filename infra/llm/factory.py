@@ -1,0 +1,70 @@
+"""Build the backend for a pool entry or for the judge from the spec.
+
+Backends are cached per process and per configuration, so every shard running in this process
+shares one HTTP limiter per endpoint and one loaded CPU model.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from infra.llm.base import Backend
+from ultrafeedback.spec import ModelEntry, Spec
+
+_CACHE: dict[tuple[str, ...], Backend] = {}
+_LOCK = threading.Lock()
+
+
+def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
+    from infra.llm.limiter import get_limiter
+    from infra.llm.openai_compat import backend_from_endpoint
+
+    endpoint = spec.endpoints[endpoint_name]
+    cache_key = ("openai", endpoint_name, endpoint.model_dump_json())
+    with _LOCK:
+        if cache_key not in _CACHE:
+            backend = backend_from_endpoint(endpoint_name, endpoint)
+            backend.limiter = get_limiter(
+                endpoint_name, endpoint.requests_per_minute, endpoint.tokens_per_minute
+            )
+            _CACHE[cache_key] = backend
+        return _CACHE[cache_key]
+
+
+def model_backend(spec: Spec, entry: ModelEntry) -> Backend:
+    """The backend that serves one pool entry."""
+    if entry.backend == "openai":
+        assert entry.endpoint is not None  # validated by the spec
+        return _endpoint_backend(spec, entry.endpoint)
+    if entry.backend == "embedded":
+        from infra.llm.embedded import EmbeddedBackend
+
+        cache_key = ("embedded", entry.path or "")
+        with _LOCK:
+            if cache_key not in _CACHE:
+                _CACHE[cache_key] = EmbeddedBackend(path=entry.path)
+            return _CACHE[cache_key]
+    if entry.backend == "vllm":
+        from infra.llm.vllm_backend import VLLMBackend
+
+        cache_key = ("vllm", entry.path or entry.served_name)
+        with _LOCK:
+            if cache_key not in _CACHE:
+                _CACHE[cache_key] = VLLMBackend(model=entry.path or entry.served_name)
+            return _CACHE[cache_key]
+    raise ValueError(f"model {entry.id!r}: unknown backend {entry.backend!r}")
+
+
+def judge_backend(spec: Spec) -> Backend:
+    """The judge's endpoint backend (the heuristic judge has none)."""
+    if spec.judge.backend != "openai" or spec.judge.endpoint is None:
+        raise ValueError("the heuristic judge is not an LLM backend")
+    return _endpoint_backend(spec, spec.judge.endpoint)
+
+
+def close_all() -> None:
+    """Close every cached backend (end of a process)."""
+    with _LOCK:
+        for backend in _CACHE.values():
+            backend.close()
+        _CACHE.clear()

@@ -1,0 +1,47 @@
+"""Settings of the OpenAI-compatible simulator (kept apart so they load without aiohttp)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class SimulatorConfig(BaseModel):
+    """Where the simulator listens, how slow it is, and which faults it injects.
+
+    Fault rates are per-request probabilities. ``rate_429``, ``rate_500``, ``rate_timeout`` and
+    ``rate_malformed`` are exclusive outcomes of one draw (their sum is at most 1);
+    ``rate_unparseable`` is drawn separately and applies to judge and critique calls only.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    latency_ms: float = Field(default=0.0, ge=0)
+    jitter_ms: float = Field(default=0.0, ge=0, description="latency is uniform in latency ± jitter")
+    seed: int = 0
+    rate_429: float = Field(default=0.0, ge=0, le=1)
+    rate_500: float = Field(default=0.0, ge=0, le=1)
+    rate_timeout: float = Field(default=0.0, ge=0, le=1)
+    rate_malformed: float = Field(default=0.0, ge=0, le=1)
+    rate_unparseable: float = Field(default=0.0, ge=0, le=1)
+    retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 429")
+    timeout_sleep_s: float = Field(default=30.0, ge=0, description="how long a timeout fault hangs")
+    max_faults_per_body: int | None = Field(
+        default=None,
+        ge=0,
+        description="a body seen more than this many times is answered without faults "
+        "(makes 'fails once, then succeeds' deterministic in tests); None = no cap",
+    )
+    api_key: str | None = Field(
+        default=None, description="when set, requests must carry 'Authorization: Bearer <api_key>'"
+    )
+
+    @model_validator(mode="after")
+    def _check_rates(self) -> SimulatorConfig:
+        total = self.rate_429 + self.rate_500 + self.rate_timeout + self.rate_malformed
+        if total > 1.0 + 1e-9:
+            raise ValueError(
+                f"rate_429 + rate_500 + rate_timeout + rate_malformed = {total:g}; must be at most 1"
+            )
+        return self

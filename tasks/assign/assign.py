@@ -1,0 +1,94 @@
+"""Assign k distinct models per instruction and a principle + system prompt per completion.
+
+Everything is drawn from an RNG seeded by (spec seed, instruction id), so an instruction's
+assignment does not depend on which other instructions are in the run or on their order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ultrafeedback.keys import request_id, seeded_int
+from ultrafeedback.records import CompletionRequest, Instruction
+from ultrafeedback.spec import Spec, SpecError
+
+
+def principle_prompts(spec: Spec) -> dict[str, list[str]]:
+    """The spec's own principle prompts, or the packaged set."""
+    if spec.principles is not None:
+        return spec.principles
+    from tasks.assign.principles import load_principles
+
+    return load_principles()
+
+
+def prompt_format_versions(spec: Spec) -> dict[str, str]:
+    """Format name -> version for the formats the pool uses; unknown names are spec errors."""
+    from tasks.generate.prompt_formats import FORMATS
+
+    versions = {}
+    for index, entry in enumerate(spec.models):
+        known = FORMATS.get(entry.prompt_format)
+        if known is None:
+            raise SpecError(
+                f"models[{index}] ({entry.id}).prompt_format: unknown format {entry.prompt_format!r}; "
+                f"known: {', '.join(FORMATS)}"
+            )
+        versions[entry.prompt_format] = known.version
+    return versions
+
+
+def _weighted_choice(rng: random.Random, weights: dict[str, float]) -> str:
+    names = sorted(weights)
+    return rng.choices(names, weights=[weights[n] for n in names], k=1)[0]
+
+
+def assign(
+    instructions: Sequence[Instruction], spec: Spec, shard_of: dict[str, int] | None = None
+) -> list[CompletionRequest]:
+    """One CompletionRequest per (instruction, slot); ``shard_of`` maps instruction id to shard."""
+    formats = prompt_format_versions(spec)
+    prompts = principle_prompts(spec)
+    sources = {s.name: s for s in spec.sources}
+    pool = [m.id for m in spec.models]
+    k = spec.completions_per_instruction
+    requests: list[CompletionRequest] = []
+    for instruction in instructions:
+        rng = random.Random(seeded_int(spec.seed, "assign", instruction.id))
+        models = rng.sample(pool, k)
+        weights = sources[instruction.source].principles
+        for position, model_id in enumerate(models):
+            entry = spec.model_entry(model_id)
+            principle = _weighted_choice(rng, weights)
+            system_prompt = rng.choice(prompts[principle])
+            sampling_json = spec.sampling.merged(entry.sampling).canonical_json()
+            prompt_format = f"{entry.prompt_format}@{formats[entry.prompt_format]}"
+            requests.append(
+                CompletionRequest(
+                    request_id=request_id(
+                        instruction.id,
+                        model_id,
+                        f"{entry.backend}:{entry.served_name}:{entry.path or ''}",
+                        principle,
+                        system_prompt,
+                        sampling_json,
+                        prompt_format,
+                    ),
+                    instruction_id=instruction.id,
+                    source=instruction.source,
+                    position=position,
+                    model=model_id,
+                    principle=principle,
+                    system_prompt=system_prompt,
+                    prompt_format=entry.prompt_format,
+                    sampling_json=sampling_json,
+                    shard=(shard_of or {}).get(instruction.id, 0),
+                )
+            )
+    return requests
+
+
+def shard_instructions(instructions: Sequence[Instruction], shard_size: int) -> dict[str, int]:
+    """Instruction id -> shard number, in the (deterministic) order of the instruction table."""
+    return {inst.id: index // shard_size for index, inst in enumerate(instructions)}

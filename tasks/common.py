@@ -1,0 +1,40 @@
+"""Reading the store's stage tables back as records (shared by the stage tasks and the flow)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infra.store import Store
+from ultrafeedback.records import CompletionRequest, Instruction
+
+INSTRUCTIONS = "instructions"
+REQUESTS = "requests"
+
+
+def filter_in(table: pa.Table, column: str, values: Iterable[str]) -> pa.Table:
+    """The rows of ``table`` whose ``column`` is in ``values``."""
+    wanted = pa.array(sorted(set(values)), type=pa.string())
+    return table.filter(pc.is_in(table.column(column), value_set=wanted))
+
+
+def read_instructions(store: Store, ids: Iterable[str] | None = None) -> dict[str, Instruction]:
+    table = store.results(INSTRUCTIONS, Instruction, key="id").read()
+    if ids is not None:
+        table = filter_in(table, "id", ids)
+    return {row["id"]: Instruction(**row) for row in table.to_pylist()}
+
+
+def read_requests(store: Store) -> list[CompletionRequest]:
+    table = store.results(REQUESTS, CompletionRequest, key="request_id").read()
+    return [CompletionRequest(**row) for row in table.to_pylist()]
+
+
+def load_shard_requests(store: Store, shard: int) -> list[CompletionRequest]:
+    """The requests of one shard (written by assign as ``requests/shard-NNNNN.parquet``)."""
+    path = f"{REQUESTS}/shard-{shard:05d}.parquet"
+    if not store.exists(path):
+        return []
+    return [CompletionRequest(**row) for row in store.read_table(path).to_pylist()]

@@ -1,0 +1,1 @@
+"""The ingest stage: load, validate, deduplicate, decontaminate and sample instructions."""

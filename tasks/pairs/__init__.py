@@ -1,0 +1,27 @@
+"""Pairs and binarized preference sets (reference §6)."""
+
+from tasks.pairs.pairs import (
+    SCORE_COLUMNS,
+    SPLITS,
+    TIE_DECIMALS,
+    binarize,
+    build_pairs,
+    n_test_rows,
+    pairs_frame,
+    prompt_id,
+    score_key,
+    split_binarized,
+)
+
+__all__ = [
+    "SCORE_COLUMNS",
+    "SPLITS",
+    "TIE_DECIMALS",
+    "binarize",
+    "build_pairs",
+    "n_test_rows",
+    "pairs_frame",
+    "prompt_id",
+    "score_key",
+    "split_binarized",
+]

@@ -1,0 +1,256 @@
+"""Whole builds against the project's OpenAI-compatible simulator, under a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.simulator.config import SimulatorConfig
+from infra.simulator.server import Simulator
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "sk-test-DO-NOT-LEAK-4242"
+K = 4
+
+
+def write_sources(folder: Path, broken_line: bool = False) -> None:
+    prompts = [
+        "Explain why the sky looks blue during the day.",
+        "Write a haiku about autumn rain.",
+        "What is 17 multiplied by 23? Show your steps.",
+        "Give three tips for writing readable Python code.",
+        "Summarise the plot of a heist story in two sentences.",
+        "Is a tomato a fruit or a vegetable?",
+        "Translate 'good morning' into Spanish and French.",
+    ]
+    lines = [json.dumps({"prompt": p}) for p in prompts]
+    if broken_line:
+        lines.insert(3, '{"prompt": "unterminated')
+    (folder / "instructions.jsonl").write_text("\n".join(lines) + "\n")
+    tqa = [
+        {
+            "question": "What happens if you swallow gum?",
+            "correct": ["It passes through your digestive system"],
+            "incorrect": ["It stays in your stomach for seven years"],
+        },
+        {
+            "question": "Can you see the Great Wall of China from the Moon with the naked eye?",
+            "correct": ["No"],
+            "incorrect": ["Yes"],
+        },
+    ]
+    (folder / "tqa.jsonl").write_text("\n".join(json.dumps(r) for r in tqa) + "\n")
+
+
+def spec_data(folder: Path, url: str, **changes: object) -> dict:
+    data: dict = {
+        "name": "e2e",
+        "seed": 5,
+        "store": str(folder / "store"),
+        "sources": [
+            {"name": "mixed", "loader": "jsonl", "path": "instructions.jsonl", "fields": {"instruction": "prompt"}},
+            {
+                "name": "truthful",
+                "loader": "jsonl",
+                "path": "tqa.jsonl",
+                "fields": {"instruction": "question", "correct_answers": "correct", "incorrect_answers": "incorrect"},
+                "principles": {"truthfulness": 0.5, "honesty": 0.45, "verbalized_calibration": 0.05},
+                "world_knowledge": "answers",
+            },
+        ],
+        "endpoints": {
+            "sim": {
+                "base_url": url,
+                "api_key_env": "UF_E2E_KEY",
+                "max_in_flight": 8,
+                "timeout_s": 5,
+                "max_retries": 4,
+                "backoff_base_s": 0.02,
+                "backoff_max_s": 0.2,
+            }
+        },
+        "models": [
+            {"id": f"sim-{i}", "backend": "openai", "endpoint": "sim", "model": f"sim-model-{i}",
+             "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+            for i in range(5)
+        ],
+        "completions_per_instruction": K,
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
+        "judge": {"backend": "openai", "endpoint": "sim", "model": "sim-judge", "parse_retries": 3},
+        "binarize": {"rule": "h4", "test_size": 0.25, "seed": 1},
+        "execution": {"shard_size": 4, "checkpoint_every": 8},
+    }
+    data.update(changes)
+    return data
+
+
+def write_spec(folder: Path, data: dict) -> Path:
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    monkeypatch.setenv("UF_E2E_KEY", SECRET)
+    with Simulator(SimulatorConfig(latency_ms=2, seed=3, api_key=SECRET)) as simulator:
+        yield simulator
+
+
+def run_build(spec_path: Path, overrides: list[str] | None = None) -> str:
+    from flows.build import build
+
+    return build(spec_path=str(spec_path), overrides=overrides or [])
+
+
+def releases(folder: Path) -> list[str]:
+    path = folder / "store" / "e2e" / "releases"
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+def check_release(uri: str) -> None:
+    import datasets
+
+    completions = datasets.load_dataset(uri, name="completions", split="train")
+    assert len(completions) == 9
+    for row in completions:
+        assert len(row["completions"]) == K
+        models = [c["model"] for c in row["completions"]]
+        assert len(set(models)) == K and sorted(models) == sorted(row["models"])
+        for completion in row["completions"]:
+            annotations = completion["annotations"]
+            for aspect in ("instruction_following", "honesty", "truthfulness", "helpfulness"):
+                assert annotations[aspect]["Rating"] in {"1", "2", "3", "4", "5", "N/A"}
+                assert annotations[aspect]["Rationale"]
+            assert completion["critique"]
+            assert 1 <= completion["overall_score"] <= 10
+            assert completion["judge_kind"] == "model"
+            assert completion["response"]
+    truthful = [r for r in completions if r["source"] == "truthful"]
+    assert truthful and all(r["correct_answers"] != ["None"] for r in truthful)
+    pairs = datasets.load_dataset(uri, name="pairs", split="train")
+    assert len(pairs) > 0
+    assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
+    binarized = datasets.load_dataset(uri, name="binarized")
+    assert set(binarized) == {"train_prefs", "test_prefs"}
+    row = binarized["train_prefs"][0]
+    assert row["chosen"][0]["role"] == "user" and row["chosen"][1]["role"] == "assistant"
+
+
+def assert_no_secret(folder: Path) -> None:
+    for path in (folder / "store").rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), f"secret leaked into {path}"
+
+
+def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_path):
+    write_sources(tmp_path)
+    spec_path = write_spec(tmp_path, spec_data(tmp_path, sim.url))
+
+    uri = run_build(spec_path)
+    assert uri.endswith("/e2e/releases/v1")
+    check_release(uri)
+    first = sim.stats()
+    # 9 instructions x 4 completions, then 9 x 4 aspect calls and 36 critiques
+    assert first["by_kind"] == {"generation": 36, "judge_aspect": 36, "critique": 36}
+    assert first["with_auth"] == first["total"]
+    assert_no_secret(tmp_path)
+
+    assert run_build(spec_path) == uri
+    assert sim.stats()["total"] == first["total"], "a rerun of a finished build sent requests"
+    assert releases(tmp_path) == ["v1"]
+
+
+def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.setenv("UF_E2E_KEY", SECRET)
+    config = SimulatorConfig(
+        seed=9, rate_429=0.15, rate_500=0.15, rate_malformed=0.05, rate_unparseable=0.2,
+        retry_after_s=0.05, max_faults_per_body=2,
+    )
+    with Simulator(config) as sim:
+        write_sources(tmp_path)
+        uri = run_build(write_spec(tmp_path, spec_data(tmp_path, sim.url)))
+        check_release(uri)
+        faults = sim.stats()["faults"]
+    assert faults.get("429", 0) + faults.get("500", 0) > 0
+    assert faults.get("unparseable", 0) > 0
+
+
+def test_failed_requests_stop_the_run_and_a_rerun_sends_only_those(prefect_harness, sim, tmp_path):
+    from expectations.gate import GateFailed
+    from ultrafeedback.status import collect_status
+    from infra.store import Store
+
+    write_sources(tmp_path)
+    data = spec_data(tmp_path, sim.url)
+    data["endpoints"]["sim"]["max_retries"] = 0
+    spec_path = write_spec(tmp_path, data)
+    sim.update(rate_500=0.3)
+    with pytest.raises(GateFailed, match="generate"):
+        run_build(spec_path)
+    assert releases(tmp_path) == []
+    status = collect_status(Store(str(tmp_path / "store"), "e2e"))
+    failed = status["failures"]["completions"]
+    assert failed and {f["reason"] for f in failed} == {"http_500"}
+    assert status["counts"]["completions"] == 36 - len(failed)
+
+    sim.update(rate_500=0.0)
+    sim.reset()
+    uri = run_build(spec_path)
+    assert sim.stats()["by_kind"]["generation"] == len(failed)
+    check_release(uri)
+    assert collect_status(Store(str(tmp_path / "store"), "e2e"))["failures"]["completions"] == []
+
+
+def test_malformed_jsonl_line_stops_the_run_naming_the_line(prefect_harness, sim, tmp_path):
+    from expectations.gate import GateFailed
+
+    write_sources(tmp_path, broken_line=True)
+    with pytest.raises(GateFailed) as err:
+        run_build(write_spec(tmp_path, spec_data(tmp_path, sim.url)))
+    assert "instructions.jsonl:4" in str(err.value)
+    assert releases(tmp_path) == []
+    assert sim.stats()["total"] == 0
+
+
+def test_missing_source_file_names_the_key_and_path(prefect_harness, sim, tmp_path):
+    write_sources(tmp_path)
+    data = spec_data(tmp_path, sim.url)
+    data["sources"][1]["path"] = "missing.jsonl"
+    from tasks.ingest.loaders import IngestError
+
+    with pytest.raises(IngestError) as err:
+        run_build(write_spec(tmp_path, data))
+    assert "sources[1]" in str(err.value) and "missing.jsonl" in str(err.value)
+    assert releases(tmp_path) == []
+
+
+def test_cli_build_prints_the_release_uri_last(prefect_harness, sim, tmp_path, capsys):
+    from ultrafeedback.cli import main
+
+    write_sources(tmp_path)
+    spec_path = write_spec(tmp_path, spec_data(tmp_path, sim.url, name="e2e"))
+    assert main(["build", str(spec_path), "--set", "binarize.rule=argilla"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].endswith("/e2e/releases/v1")
+    assert Path(out[-1], "manifest.json").is_file()
+
+    assert main(["status", str(spec_path)]) == 0
+    status = capsys.readouterr().out
+    assert "completions" in status and "release v1" in status
+
+
+def test_cli_exit_codes_for_bad_input(tmp_path, capsys):
+    from ultrafeedback.cli import EXIT_INPUT, main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "sources": [], "models": []}))
+    assert main(["validate", str(bad)]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid spec" in err and "sources:" in err
+    assert main(["build", str(tmp_path / "none.yaml")]) == EXIT_INPUT
+    assert "none.yaml: spec file not found" in capsys.readouterr().err

@@ -1,0 +1,415 @@
+"""Each stage's suite: a valid table passes, and each failure reason fails exactly its check.
+
+Tables are built from the record models (``model_copy(update=...)`` injects what validation
+would refuse, as a broken Parquet file could); GX runs for real on one cached ephemeral context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from expectations.gate import GateContext, run_gate
+from expectations.suites import CHAT_OK, chat_problem, suite_for, suite_name
+from expectations.models import STAGES
+from ultrafeedback.records import (
+    ASPECTS,
+    PRINCIPLES,
+    Completion,
+    CompletionRequest,
+    Instruction,
+    Pair,
+    ScoredCompletion,
+)
+from ultrafeedback.spec import Gates
+
+K = 4
+N_INSTRUCTIONS = 5
+POOL = ["m0", "m1", "m2", "m3", "m4", "m5"]
+SOURCES = ["evol_instruct", "flan"]
+
+
+# --------------------------------------------------------------------------- record builders
+
+
+def _ingest_rows() -> list[Instruction]:
+    return [
+        Instruction(
+            id=f"ins{i}",
+            source=SOURCES[i % 2],
+            instruction=f"Explain topic number {i}.",
+            origin=f"file.jsonl:{i}",
+        )
+        for i in range(10)
+    ]
+
+
+def _assign_rows() -> list[CompletionRequest]:
+    return [
+        CompletionRequest(
+            request_id=f"req{i}-{slot}",
+            instruction_id=f"ins{i}",
+            source=SOURCES[i % 2],
+            position=slot,
+            model=POOL[(i + slot) % len(POOL)],
+            principle=PRINCIPLES[slot % len(PRINCIPLES)],
+            system_prompt="You are a helpful assistant.",
+            prompt_format="chat",
+            sampling_json='{"temperature": 1.0}',
+            shard=0,
+        )
+        for i in range(N_INSTRUCTIONS)
+        for slot in range(K)
+    ]
+
+
+def _generate_rows() -> list[Completion]:
+    return [
+        Completion(
+            request_id=r.request_id,
+            instruction_id=r.instruction_id,
+            model=r.model,
+            response=f"An answer from {r.model}.",
+            finish_reason="stop",
+            backend="embedded",
+        )
+        for r in _assign_rows()
+    ]
+
+
+def _annotate_rows() -> list[ScoredCompletion]:
+    rows = []
+    for n, r in enumerate(_assign_rows()):
+        ratings = {aspect: str(1 + (n + j) % 5) for j, aspect in enumerate(ASPECTS)}
+        if n == 0:
+            ratings["honesty"] = "N/A"  # allowed for honesty only
+        numeric = [float(v) for v in ratings.values() if v != "N/A"]
+        fields = {}
+        for aspect, rating in ratings.items():
+            fields[f"{aspect}_rating"] = rating
+            fields[f"{aspect}_rationale"] = f"Rated {rating} because of reasons."
+        rows.append(
+            ScoredCompletion(
+                completion_id=r.request_id,
+                instruction_id=r.instruction_id,
+                source=r.source,
+                instruction="Explain something.",
+                correct_answers=["None"],
+                incorrect_answers=["None"],
+                models=POOL[:K],
+                position=r.position,
+                model=r.model,
+                principle=r.principle,
+                system_prompt=r.system_prompt,
+                response="An answer.",
+                truthfulness_type=["0"],
+                helpfulness_type=["1", "2"],
+                critique="Good, but could be clearer.",
+                overall_score=float(1 + n % 10),
+                fine_grained_score=sum(numeric) / len(numeric),
+                judge_model="gpt-4",
+                judge_kind="model",
+                **fields,
+            )
+        )
+    return rows
+
+
+def _pairs_rows() -> list[Pair]:
+    rows = []
+    for i in range(N_INSTRUCTIONS):
+        for a, b in ((0, 1), (2, 3)):
+            rows.append(
+                Pair(
+                    pair_id=f"pair{i}-{a}{b}",
+                    instruction_id=f"ins{i}",
+                    source=SOURCES[i % 2],
+                    prompt="Explain something.",
+                    chosen_id=f"req{i}-{a}",
+                    rejected_id=f"req{i}-{b}",
+                    chosen_model=POOL[a],
+                    rejected_model=POOL[b],
+                    chosen="A better answer.",
+                    rejected="A worse answer.",
+                    score_chosen=4.5,
+                    score_rejected=2.0,
+                    margin=2.5,
+                )
+            )
+    return rows
+
+
+def _chat(prompt: str, reply: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+
+
+def _binarized_rows() -> list[dict[str, Any]]:
+    rows = []
+    for i in range(6):
+        prompt = f"Question {i}?"
+        rows.append(
+            {
+                "source": SOURCES[i % 2],
+                "prompt": prompt,
+                "prompt_id": f"sha{i}",
+                "chosen": _chat(prompt, "Good answer."),
+                "rejected": _chat(prompt, "Weak answer."),
+                "messages": _chat(prompt, "Good answer."),
+                "score_chosen": 8.0,
+                "score_rejected": 8.0 if i == 0 else 3.0,  # one tie: kept by the H4 rule
+            }
+        )
+    return rows
+
+
+BUILDERS: dict[str, Callable[[], list[Any]]] = {
+    "ingest": _ingest_rows,
+    "assign": _assign_rows,
+    "generate": _generate_rows,
+    "annotate": _annotate_rows,
+    "pairs": _pairs_rows,
+    "binarized": _binarized_rows,
+}
+
+CONTEXTS: dict[str, GateContext] = {
+    "ingest": GateContext(
+        gates=Gates(min_instructions=5, max_quarantined=1), allowed_sources=SOURCES, quarantined=1
+    ),
+    "assign": GateContext(
+        k=K, expected_rows=N_INSTRUCTIONS * K, allowed_models=POOL, allowed_sources=SOURCES
+    ),
+    "generate": GateContext(
+        gates=Gates(min_generation_success=0.9), expected_rows=N_INSTRUCTIONS * K, allowed_models=POOL
+    ),
+    "annotate": GateContext(
+        gates=Gates(min_rating_rate=0.9, min_annotation_success=0.9),
+        expected_rows=N_INSTRUCTIONS * K,
+        allowed_models=POOL,
+    ),
+    "pairs": GateContext(gates=Gates(min_pairs=5)),
+    "binarized": GateContext(binarize_rule="h4"),
+}
+
+
+def _frame(rows: list[Any]) -> pd.DataFrame:
+    return pd.DataFrame([r.model_dump() if hasattr(r, "model_dump") else r for r in rows])
+
+
+def _set(index: int | list[int], **changes: Any) -> Callable[[list[Any]], pd.DataFrame]:
+    """A table with rows ``index`` changed (model_copy skips validation, like a corrupt file)."""
+    indices = [index] if isinstance(index, int) else index
+
+    def make(rows: list[Any]) -> pd.DataFrame:
+        rows = list(rows)
+        for i in indices:
+            row = rows[i]
+            rows[i] = row.model_copy(update=changes) if hasattr(row, "model_copy") else {**row, **changes}
+        return _frame(rows)
+
+    return make
+
+
+def _drop_column(column: str) -> Callable[[list[Any]], pd.DataFrame]:
+    return lambda rows: _frame(rows).drop(columns=[column])
+
+
+def _head(n: int) -> Callable[[list[Any]], pd.DataFrame]:
+    return lambda rows: _frame(rows[:n])
+
+
+@dataclass
+class Case:
+    stage: str
+    check: str
+    make: Callable[[list[Any]], pd.DataFrame]
+    observed: Any
+    ctx: dict[str, Any] = field(default_factory=dict)
+    also: tuple[str, ...] = ()
+    """Checks that cannot help failing with this one (they depend on the same column or fact)."""
+
+
+def _copy_id(stage_rows: Callable[[], list[Any]], src: int, column: str) -> Any:
+    return getattr(stage_rows()[src], column)
+
+
+CASES: list[Case] = [
+    # ---- ingest
+    Case("ingest", "columns match Instruction", _drop_column("origin"), {"missing": ["origin"], "unexpected": []}),
+    Case("ingest", "id not null", _set(3, id=None), 1),
+    Case("ingest", "id unique", _set(3, id="ins0"), 2),
+    Case("ingest", "instruction not null", _set(3, instruction=None), 1),
+    Case("ingest", "instruction not empty", _set([3, 4], instruction=" \n "), 2),
+    Case("ingest", "source not null", _set(3, source=None), 1),
+    Case("ingest", "source in allowed set", _set(3, source="sharegpt"), 1),
+    Case("ingest", "enough instructions", _head(4), 4),
+    Case("ingest", "quarantined within limit", _frame, 2, ctx={"quarantined": 2}),
+    # ---- assign
+    Case("assign", "columns match CompletionRequest", lambda rows: _frame(rows).assign(extra=1),
+         {"missing": [], "unexpected": ["extra"]}),
+    Case("assign", "request_id not null", _set(5, request_id=None), 1),
+    Case("assign", "request_id unique", _set(5, request_id="req0-0"), 2),
+    Case("assign", "instruction_id not null", _set([0, 1, 2, 3], instruction_id=None), 4),
+    Case("assign", "models distinct per instruction", _set(1, model="m0"), 2),
+    Case("assign", "positions distinct per instruction", _set(1, position=0), 2),
+    Case("assign", "k rows per instruction", lambda rows: _frame(rows[1:]), 1, ctx={"expected_rows": None}),
+    Case("assign", "model not null", _set(1, model=None), 1),
+    Case("assign", "model in pool", _set(1, model="gpt-9"), 1),
+    Case("assign", "principle not null", _set(1, principle=None), 1),
+    Case("assign", "principle known", _set(1, principle="kindness"), 1),
+    Case("assign", "system_prompt not null", _set(1, system_prompt=None), 1),
+    Case("assign", "position not null", _set(1, position=None), 1),
+    Case("assign", "position in [0, 4)", _set(3, position=4), 1),
+    Case("assign", "source in allowed set", _set(3, source="sharegpt"), 1),
+    Case("assign", "row count", _frame, 20, ctx={"expected_rows": 24}),
+    # ---- generate (90% success required: 2 of 20 bad responses pass, 3 fail)
+    Case("generate", "columns match Completion", _drop_column("backend"), {"missing": ["backend"], "unexpected": []}),
+    Case("generate", "request_id not null", _set(2, request_id=None), 1),
+    Case("generate", "request_id unique", _set(2, request_id="req0-0"), 2),
+    Case("generate", "instruction_id not null", _set(2, instruction_id=None), 1),
+    Case("generate", "response not null", _set([1, 2, 3], response=None), 3),
+    Case("generate", "response not empty", _set([1, 2, 3], response="  "), 3),
+    Case("generate", "model not null", _set(2, model=None), 1),
+    Case("generate", "model in pool", _set(2, model="gpt-9"), 1),
+    Case("generate", "row count", _head(17), 17),
+    # ---- annotate (90% rating and critique rates required)
+    Case("annotate", "columns match ScoredCompletion", _drop_column("judge_kind"),
+         {"missing": ["judge_kind"], "unexpected": []}),
+    Case("annotate", "completion_id not null", _set(2, completion_id=None), 1),
+    Case("annotate", "completion_id unique", _set(2, completion_id="req0-0"), 2),
+    Case("annotate", "instruction_id not null", _set(2, instruction_id=None), 1),
+    Case("annotate", "model not null", _set(2, model=None), 1),
+    Case("annotate", "model in pool", _set(2, model="gpt-9"), 1),
+    Case("annotate", "helpfulness rating valid", _set(2, helpfulness_rating="N/A"), 1),
+    Case("annotate", "instruction_following rating valid", _set(2, instruction_following_rating="6"), 1),
+    Case("annotate", "truthfulness rated", _set([1, 2, 3], truthfulness_rating=None, truthfulness_rationale=None), 3,
+         also=("all aspects rated",)),
+    Case("annotate", "honesty rationale present", _set(2, honesty_rationale=None), 1),
+    Case("annotate", "honesty rationale not empty", _set(2, honesty_rationale=" "), 1),
+    Case("annotate", "all aspects rated",
+         lambda rows: _set(3, honesty_rating=None)(_set_rows(_set_rows(rows, 1, truthfulness_rating=None),
+                                                             2, helpfulness_rating=None)), 3),
+    Case("annotate", "overall_score present", _set([1, 2, 3], overall_score=None), 3),
+    Case("annotate", "overall_score in [1, 10]", _set(2, overall_score=11.0), 1),
+    Case("annotate", "fine_grained_score in [1, 5]", _set(2, fine_grained_score=0.5), 1),
+    Case("annotate", "row count", _frame, 20, ctx={"expected_rows": 21}),
+    # ---- pairs
+    Case("pairs", "columns match Pair", _drop_column("chosen_model"), {"missing": ["chosen_model"], "unexpected": []}),
+    Case("pairs", "pair_id not null", _set(2, pair_id=None), 1),
+    Case("pairs", "pair_id unique", _set(2, pair_id="pair0-01"), 2),
+    Case("pairs", "score_chosen > score_rejected", _set(2, score_rejected=5.0), 1),
+    Case("pairs", "chosen_id != rejected_id", _set(2, rejected_id="req1-0"), 1),
+    Case("pairs", "chosen/rejected unique", _set(3, chosen_id="req1-0", rejected_id="req1-1"), 2),
+    Case("pairs", "margin not null", _set(2, margin=None), 1),
+    Case("pairs", "margin > 0", _set(2, margin=0.0), 1),
+    Case("pairs", "enough pairs", _head(4), 4),
+    # ---- binarized (H4 rule: ties allowed)
+    Case("binarized", "columns present", _drop_column("prompt_id"), {"missing": ["prompt_id"], "unexpected": []},
+         also=("prompt_id not null",)),
+    Case("binarized", "prompt_id not null", _set(2, prompt_id=None), 1),
+    Case("binarized", "prompt not null", _set(2, prompt=None), 1),
+    Case("binarized", "prompt not empty",
+         _set(2, prompt=" ", chosen=_chat(" ", "a"), rejected=_chat(" ", "b")), 1),
+    Case("binarized", "chosen is a chat", _set(2, chosen=[{"role": "user", "content": "Question 2?"}]), 1),
+    Case("binarized", "rejected is a chat", _set(2, rejected=_chat("Another question?", "b")), 1),
+    Case("binarized", "score_chosen >= score_rejected", _set(2, score_rejected=9.0), 1),
+    Case("binarized", "score_chosen > score_rejected", _frame, 1, ctx={"binarize_rule": "argilla"}),
+    Case("binarized", "not empty", _head(0), 0),
+]
+
+
+def _set_rows(rows: list[Any], index: int, **changes: Any) -> list[Any]:
+    rows = list(rows)
+    rows[index] = rows[index].model_copy(update=changes)
+    return rows
+
+
+def _gate(stage: str, df: pd.DataFrame, **ctx_changes: Any):
+    ctx = CONTEXTS[stage].model_copy(update=ctx_changes)
+    return run_gate(stage, df, ctx)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_valid_table_passes(stage: str) -> None:
+    result = _gate(stage, _frame(BUILDERS[stage]()))
+    assert result.failed == [], result.summary()
+    assert result.passed
+    assert result.row_count == len(BUILDERS[stage]())
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.stage}: {c.check}" for c in CASES])
+def test_failure_reason_fails_its_check(case: Case) -> None:
+    df = case.make(BUILDERS[case.stage]()) if case.make is not _frame else _frame(BUILDERS[case.stage]())
+    result = _gate(case.stage, df, **case.ctx)
+    assert not result.passed
+    assert {c.name for c in result.failed} == {case.check, *case.also}, result.summary()
+    assert result.check(case.check).observed == case.observed
+    assert case.check in result.summary()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_suite_for_names_the_suite_and_its_checks(stage: str) -> None:
+    suite = suite_for(stage, CONTEXTS[stage])
+    names = [e.meta["check"] for e in suite.expectations]
+    assert suite.name == suite_name(stage) == f"ultrafeedback.{stage}"
+    assert len(names) == len(set(names)), "check names identify results, so they must be unique"
+
+
+def test_generate_tolerates_failures_within_the_success_rate() -> None:
+    df = _set([1, 2], response="")(_generate_rows())
+    df = df.drop(index=[5]).reset_index(drop=True)  # one failed request: 19 of 20 rows
+    assert _gate("generate", df).passed
+
+
+def test_annotate_skips_aspects_that_are_not_judged() -> None:
+    df = _set(list(range(20)), honesty_rating=None, honesty_rationale=None)(_annotate_rows())
+    assert _gate("annotate", df, aspects=["instruction_following", "truthfulness", "helpfulness"]).passed
+
+
+def test_annotate_without_critique_ignores_overall_score() -> None:
+    df = _set(list(range(20)), overall_score=None, critique=None)(_annotate_rows())
+    result = _gate("annotate", df, critique=False)
+    assert result.passed, result.summary()
+    assert "overall_score present" not in {c.name for c in result.checks}
+
+
+def test_binarized_reports_why_a_chat_is_malformed() -> None:
+    df = _set(2, chosen=_chat("Question 2?", "fine")[::-1])(_binarized_rows())
+    result = _gate("binarized", df)
+    assert result.check("chosen is a chat").examples == ["message 0 has role 'assistant'"] or result.check(
+        "chosen is a chat"
+    ).examples == ["last message is not from the assistant"]
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ("just text", "not a list of messages"),
+        ([{"role": "user", "content": "Q?"}], "fewer than 2 messages"),
+        ([{"role": "user", "content": "Q?"}, "A"], "message 1 is not a mapping"),
+        ([{"role": "human", "content": "Q?"}, {"role": "assistant", "content": "A"}], "message 0 has role 'human'"),
+        ([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": None}], "message 1 has no text content"),
+        ([{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q?"}],
+         "last message is not from the assistant"),
+        (_chat("Other?", "A"), "no user message equals the prompt"),
+        (_chat("Q?", "A"), CHAT_OK),
+    ],
+)
+def test_chat_problem(messages: Any, problem: str) -> None:
+    assert chat_problem(messages, "Q?") == problem
+
+
+def test_unknown_stage_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown stage"):
+        suite_for("publish", GateContext())
+
+
+def test_assign_needs_k() -> None:
+    with pytest.raises(ValueError, match="GateContext.k"):
+        suite_for("assign", GateContext())

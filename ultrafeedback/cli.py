@@ -1,0 +1,159 @@
+"""The ``ultrafeedback`` command line.
+
+Exit codes (scripts may rely on them):
+  0  success
+  1  unexpected error (a bug or an infrastructure failure; the message says which)
+  2  bad input: invalid spec or override, missing or unreadable source file
+  3  a quality gate failed: the run stopped before publishing
+  130 interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_SPEC = REPO_ROOT / "deployments" / "specs" / "demo.yaml"
+
+
+def _quiet_environment(verbose: bool) -> None:
+    """Offline-friendly Prefect defaults; set before Prefect is imported. User settings win."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
+
+
+def _add_spec_args(parser: argparse.ArgumentParser, spec_required: bool = True) -> None:
+    if spec_required:
+        parser.add_argument("spec", help="the dataset spec (YAML)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key by dotted path, e.g. --set endpoints.openai.base_url=http://host/v1 "
+        "or --set models.gpt-4.sampling.temperature=0.7 (repeatable)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ultrafeedback",
+        description="Build UltraFeedback-style preference datasets from a spec file.",
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad spec or input, 3 a quality gate failed.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="run every stage and publish a release; prints the release URI last")
+    _add_spec_args(p)
+    p = sub.add_parser(
+        "refresh",
+        help="the same as build: after adding instructions, models or aspects, only the new content keys run",
+    )
+    _add_spec_args(p)
+    p = sub.add_parser(
+        "retry-failed",
+        help="list the failed units, then build again: exactly the failed and missing keys are re-sent",
+    )
+    _add_spec_args(p)
+    p = sub.add_parser("demo", help="build the embedded demo (CPU model, heuristic judge, no key, no GPU)")
+    _add_spec_args(p, spec_required=False)
+    p = sub.add_parser("validate", help="validate a spec (and overrides) without running anything")
+    _add_spec_args(p)
+    p = sub.add_parser("status", help="stage counts, failures by reason, gate results and releases")
+    _add_spec_args(p)
+    p.add_argument("--failures", type=int, default=5, metavar="N", help="failures to list per stage")
+    p = sub.add_parser(
+        "simulate",
+        help="run the OpenAI-compatible simulator server (for tests, benchmarks and dry runs)",
+        add_help=False,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER, help="simulator options; see `simulate --help`")
+    return parser
+
+
+def _run_build(spec_path: str, overrides: list[str]) -> int:
+    from ultrafeedback.spec import load_spec
+
+    spec = load_spec(spec_path, overrides)  # fail fast, before Prefect starts
+    from flows.build import build
+
+    uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
+    print(f"release: {uri}", file=sys.stderr)
+    sys.stderr.flush()
+    print(uri, flush=True)
+    del spec
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "simulate":
+        from infra.simulator.server import main as simulate
+
+        return simulate(args.args)
+    _quiet_environment(getattr(args, "verbose", False))
+
+    from ultrafeedback.spec import SpecError
+
+    try:
+        if args.command == "validate":
+            from ultrafeedback.spec import load_spec
+
+            spec = load_spec(args.spec, args.overrides)
+            print(
+                f"{args.spec}: valid spec {spec.name!r}: {len(spec.sources)} sources, {len(spec.models)} models, "
+                f"k={spec.completions_per_instruction}, judge {spec.judge.backend}:{spec.judge.model}"
+            )
+            return EXIT_OK
+        if args.command == "status":
+            from ultrafeedback.status import print_status
+
+            return print_status(args.spec, args.overrides, args.failures)
+        if args.command == "retry-failed":
+            from ultrafeedback.status import print_status
+
+            print_status(args.spec, args.overrides, 20)
+        spec_path = str(DEMO_SPEC) if args.command == "demo" else args.spec
+        return _run_build(spec_path, args.overrides)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - mapped to exit codes below
+        return _report_failure(exc)
+
+
+def _report_failure(exc: Exception) -> int:
+    from expectations.gate import GateFailed
+    from tasks.ingest.ingest import IngestError
+
+    if isinstance(exc, GateFailed):
+        print(f"error: {exc}\nnothing was published.", file=sys.stderr)
+        return EXIT_GATE
+    if isinstance(exc, IngestError):
+        print(f"error: {exc}\nnothing was published.", file=sys.stderr)
+        return EXIT_INPUT
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    print(f"error: {type(exc).__name__}: {exc}\nnothing was published.", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""``ultrafeedback status``: what the store holds for a spec, read without running anything."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from infra.checkpoint import failure_log
+from infra.store import Store
+from ultrafeedback.records import AspectAnnotation, Completion, CompletionRequest, Critique, Instruction, Quarantined
+from ultrafeedback.spec import load_spec
+
+# stage -> (folder, record model, key column)
+STAGES: dict[str, tuple[str, type, str | None]] = {
+    "instructions": ("instructions", Instruction, "id"),
+    "requests": ("requests", CompletionRequest, "request_id"),
+    "completions": ("completions", Completion, "request_id"),
+    "annotations": ("annotations", AspectAnnotation, "annotation_key"),
+    "critiques": ("critiques", Critique, "critique_key"),
+}
+
+
+def open_failures(store: Store, stage: str, done: set[str]) -> list[dict[str, Any]]:
+    """Failures of a stage whose key still has no result (a later success clears a failure)."""
+    rows = failure_log(store, stage).rows()
+    return [row for row in rows if row["key"] not in done]
+
+
+def collect_status(store: Store) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    keys: dict[str, set[str]] = {}
+    for name, (folder, model, key) in STAGES.items():
+        log = store.results(folder, model, key)
+        if key:
+            keys[name] = log.keys()
+            counts[name] = len(keys[name])
+    failures = {
+        stage: open_failures(store, stage, keys.get(stage, set()))
+        for stage in ("completions", "annotations", "critiques")
+    }
+    quarantine = store.results("quarantine", Quarantined).rows()
+    dropped = store.results("dropped", Quarantined).rows()
+    gates = {
+        name.removesuffix(".json"): store.read_json(f"gates/{name}")
+        for name in store.ls("gates")
+        if name.endswith(".json")
+    }
+    from tasks.publish.publish import list_releases
+
+    return {
+        "counts": counts,
+        "failures": failures,
+        "quarantine": quarantine,
+        "dropped": dropped,
+        "gates": gates,
+        "releases": list_releases(store),
+    }
+
+
+def print_status(spec_path: str, overrides: list[str], show: int = 5) -> int:
+    spec = load_spec(spec_path, overrides)
+    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    status = collect_status(store)
+    print(f"dataset {spec.name} in {store.uri()}")
+    for name, count in status["counts"].items():
+        print(f"  {name:<13} {count}")
+    for label in ("quarantine", "dropped"):
+        rows = status[label]
+        reasons = Counter(row["reason"].split(":")[0] for row in rows)
+        print(f"  {label:<13} {len(rows)}" + (f"  ({', '.join(f'{r} {n}' for r, n in reasons.items())})" if rows else ""))
+        for row in rows[:show] if label == "quarantine" else []:
+            print(f"      {row['origin']}: {row['reason']}: {row['detail']}")
+    total_failures = 0
+    for stage, rows in status["failures"].items():
+        total_failures += len(rows)
+        reasons = Counter(row["reason"] for row in rows)
+        summary = ", ".join(f"{r} {n}" for r, n in reasons.most_common()) or "none"
+        print(f"  failed {stage:<13} {len(rows)}  ({summary})")
+        for row in rows[:show]:
+            print(f"      shard {row['shard']} key {row['key']}: {row['reason']}: {row['error'][:160]}")
+    for stage, gate in status["gates"].items():
+        verdict = "passed" if gate and gate.get("passed") else "FAILED"
+        print(f"  gate {stage:<15} {verdict}")
+    if status["releases"]:
+        for release in status["releases"]:
+            print(f"  release v{release['version']}  {release['uri']}")
+    else:
+        print("  no release yet")
+    if total_failures:
+        print("  `ultrafeedback retry-failed SPEC` re-sends exactly the failed units.")
+    return 0
