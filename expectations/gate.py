@@ -50,6 +50,8 @@ MAX_EXAMPLES = 3
 
 _context: AbstractDataContext | None = None
 _lock = threading.RLock()
+_definitions: dict[str, tuple[str, Any]] = {}
+"""stage -> (the GateContext it was built for, as JSON; its ValidationDefinition)."""
 
 
 def get_context() -> AbstractDataContext:
@@ -69,9 +71,18 @@ def get_context() -> AbstractDataContext:
 
 
 def _validation_definition(context: AbstractDataContext, stage: str, ctx: GateContext) -> Any:
-    """The stage's ValidationDefinition, with its suite rebuilt for this context's thresholds."""
-    import great_expectations as gx
+    """The stage's ValidationDefinition, rebuilt only when the GateContext changed since last time.
 
+    Replacing a suite costs more than validating a small table (GX's ``add_or_update`` compares
+    every expectation pairwise), so a definition is reused while its context is unchanged.
+    """
+    import great_expectations as gx
+    from great_expectations.exceptions import DataContextError
+
+    key = ctx.model_dump_json()
+    cached = _definitions.get(stage)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     try:
         source = context.data_sources.get(DATASOURCE)
     except KeyError:
@@ -84,9 +95,18 @@ def _validation_definition(context: AbstractDataContext, stage: str, ctx: GateCo
         batch_definition = asset.get_batch_definition("whole")
     except KeyError:
         batch_definition = asset.add_batch_definition_whole_dataframe("whole")
-    suite = context.suites.add_or_update(suite_for(stage, ctx))
-    definition = gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
-    return context.validation_definitions.add_or_update(definition)
+    suite = suite_for(stage, ctx)
+    for factory in (context.validation_definitions, context.suites):  # the definition refers to the suite
+        try:
+            factory.delete(suite.name)
+        except DataContextError:
+            pass
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=suite.name, data=batch_definition, suite=suite)
+    )
+    _definitions[stage] = (key, definition)
+    return definition
 
 
 def run_gate(stage: str, df: pd.DataFrame, ctx: GateContext) -> GateResult:

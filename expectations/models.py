@@ -6,9 +6,10 @@ read stored results and catch ``GateFailed`` without paying GX's import cost.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,12 +46,18 @@ class GateContext(BaseModel):
     principles: list[str] = Field(default_factory=lambda: list(PRINCIPLES))
     aspects: list[str] = Field(default_factory=lambda: list(ASPECTS), description="judged aspects")
     critique: bool = True
-    binarize_rule: Literal["h4", "argilla"] = "h4"
+    strict_binarized: bool = Field(
+        default=False,
+        description="binarized chosen must score strictly higher (Argilla rule); H4 keeps ties",
+    )
+    quarantine_examples: list[dict[str, Any]] = Field(
+        default_factory=list, description="a few Quarantined records (model_dump), shown on failure"
+    )
 
     @property
     def allow_ties(self) -> bool:
         """The H4 rule keeps rejected completions that tie with the chosen one; Argilla drops them."""
-        return self.binarize_rule == "h4"
+        return not self.strict_binarized
 
     @classmethod
     def from_spec(cls, spec: Spec, **facts: Any) -> GateContext:
@@ -62,7 +69,7 @@ class GateContext(BaseModel):
             "allowed_models": [model.id for model in spec.models],
             "aspects": list(spec.judge.aspects),
             "critique": spec.judge.critique,
-            "binarize_rule": spec.binarize.rule,
+            "strict_binarized": spec.binarize.rule == "argilla",
         }
         if spec.principles is not None:
             values["principles"] = list(spec.principles)
@@ -116,6 +123,19 @@ class GateResult(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """A plain JSON-able dict (the store writes it next to the stage, releases embed it)."""
         return self.model_dump(mode="json")
+
+    def table(self) -> list[dict[str, Any]]:
+        """One flat row per check, for ``prefect.artifacts.create_table_artifact`` and the CLI."""
+        return [
+            {
+                "check": check.name,
+                "passed": check.passed,
+                "observed": json.dumps(jsonable(check.observed)),
+                "expected": check.expected,
+                "detail": check.detail,
+            }
+            for check in self.checks
+        ]
 
     def summary(self) -> str:
         """One human line; on failure it names every failed check with observed vs expected."""

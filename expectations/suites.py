@@ -74,9 +74,7 @@ def _meta(check: str, fails: str = "") -> dict[str, Any]:
 
 def _columns(record: str, columns: Sequence[str], exact: bool = True) -> Expectation:
     name = f"columns match {record}" if exact else "columns present"
-    return _gxe().ExpectTableColumnsToMatchSet(
-        column_set=list(columns), exact_match=exact, **_meta(name)
-    )
+    return _gxe().ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=exact, **_meta(name))
 
 
 def _not_null(column: str, mostly: float = 1.0, check: str | None = None) -> Expectation:
@@ -96,7 +94,7 @@ def _compound_unique(columns: list[str], check: str, fails: str) -> Expectation:
 
 
 def _non_empty(column: str, mostly: float = 1.0, **kwargs: Any) -> Expectation:
-    # GX's length expectation skips whitespace-only strings; a regex for "any non-space" does not.
+    # A length check counts "  " as content; a regex for any non-space character does not.
     kwargs.setdefault("meta", {"check": f"{column} not empty", "fails": "rows are empty"})
     kwargs.setdefault("description", kwargs["meta"]["check"])
     return _gxe().ExpectColumnValuesToMatchRegex(column=column, regex=r"\S", mostly=mostly, **kwargs)
@@ -410,9 +408,7 @@ def _missing(df: pd.DataFrame, name: str, *columns: str) -> CheckResult | None:
     absent = [column for column in columns if column not in df.columns]
     if not absent:
         return None
-    return CheckResult(
-        name=name, passed=False, detail=f"cannot evaluate: column {', '.join(absent)} missing"
-    )
+    return CheckResult(name=name, passed=False, detail=f"cannot evaluate: column {', '.join(absent)} missing")
 
 
 def _k_rows_per_instruction(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
@@ -439,13 +435,45 @@ def _k_rows_per_instruction(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
 
 def _quarantine(ctx: GateContext) -> CheckResult:
     limit = ctx.gates.max_quarantined
+    examples = [
+        {key: str(item.get(key, ""))[:200] for key in ("source", "origin", "reason", "detail")}
+        for item in ctx.quarantine_examples[:3]
+    ]
+    detail = f"{ctx.quarantined} input records quarantined (expected <= {limit})"
+    if examples and ctx.quarantined > limit:
+        detail += ", e.g. " + "; ".join(f"{e['origin']}: {e['reason']}" for e in examples)
     return CheckResult(
         name="quarantined within limit",
         passed=ctx.quarantined <= limit,
         observed=ctx.quarantined,
         expected=f"<= {limit}",
         threshold=limit,
-        detail=f"{ctx.quarantined} input records quarantined (expected <= {limit})",
+        detail=detail,
+        examples=examples,
+    )
+
+
+def _generation_success(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
+    # The contract's rate: usable responses over requests issued. The GX checks measure the rows
+    # present, and the row count the rows missing; each can pass while their product does not.
+    name = "generation success rate"
+    missing = _missing(df, name, "response")
+    if missing:
+        return missing
+    assert ctx.expected_rows is not None
+    rate = ctx.gates.min_generation_success
+    good = int(df["response"].astype("string").str.contains(r"\S", regex=True).fillna(False).sum())
+    observed = good / ctx.expected_rows if ctx.expected_rows else 1.0
+    return CheckResult(
+        name=name,
+        passed=observed >= rate,
+        observed=round(observed, 6),
+        expected=f">= {rate:.4g}",
+        threshold=rate,
+        detail=(
+            f"{good} of {ctx.expected_rows} requests gave a non-empty response "
+            f"({observed:.1%}; expected >= {rate:.1%})"
+        ),
     )
 
 
@@ -456,4 +484,6 @@ def pandas_checks(stage: str, df: pd.DataFrame, ctx: GateContext) -> list[CheckR
         return [_quarantine(ctx)]
     if stage == "assign":
         return [_k_rows_per_instruction(df, ctx)]
+    if stage == "generate" and ctx.expected_rows is not None:
+        return [_generation_success(df, ctx)]
     return []

@@ -73,9 +73,7 @@ class BuildSummary:
         for model, (tokens_in, tokens_out) in self.tokens.items():
             price = prices.get(model)
             if price is not None:
-                out[model] = round(
-                    tokens_in / 1e6 * price.input_per_mtok + tokens_out / 1e6 * price.output_per_mtok, 4
-                )
+                out[model] = round(tokens_in / 1e6 * price.input_per_mtok + tokens_out / 1e6 * price.output_per_mtok, 4)
         return out
 
     def to_dict(self, spec: Spec) -> dict[str, Any]:
@@ -117,7 +115,7 @@ def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any
         frame = rows
     else:
         frame = pd.DataFrame([r.model_dump() if hasattr(r, "model_dump") else r for r in rows])
-    context = GateContext(gates=spec.gates, **facts)
+    context = GateContext.from_spec(spec, **facts)
     result = run_gate(stage, frame, context)
     summary.gates[stage] = result.to_dict()
     store.write_json(f"gates/{stage}.json", result.to_dict())
@@ -126,7 +124,7 @@ def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any
 
         create_table_artifact(
             key=f"gate-{stage}".replace("_", "-"),
-            table=[c for c in result.to_dict()["checks"]],
+            table=result.table(),
             description=f"Great Expectations gate `{stage}`: {'passed' if result.passed else 'FAILED'}",
         )
     except Exception:  # noqa: BLE001 - artifacts are best effort outside a server
@@ -181,8 +179,7 @@ def score_task(spec: Spec) -> int:
     store = _store(spec)
     requests = read_requests(store)
     completions = {
-        c["request_id"]: Completion(**c)
-        for c in store.results(COMPLETIONS, Completion, key="request_id").rows()
+        c["request_id"]: Completion(**c) for c in store.results(COMPLETIONS, Completion, key="request_id").rows()
     }
     annotations = {
         a["annotation_key"]: AspectAnnotation(**a)
@@ -226,16 +223,22 @@ def run_build(spec: Spec) -> str:
         summary.counts["quarantined"] = ingested["quarantined"]
         summary.counts["dropped"] = ingested["dropped"]
         _gate(
-            spec, store, summary, "ingest", list(instructions.values()),
-            allowed_sources=[s.name for s in spec.sources], quarantined=ingested["quarantined"],
+            spec,
+            store,
+            summary,
+            "ingest",
+            list(instructions.values()),
+            allowed_sources=[s.name for s in spec.sources],
+            quarantined=ingested["quarantined"],
             quarantine_examples=ingested["quarantine_examples"],
         )
 
     with summary.stage("assign"):
         assigned = assign_task(spec)
+        summary.counts["shards"] = len(assigned["shards"])
         requests = read_requests(store)
         summary.counts["requests"] = len(requests)
-        _gate(spec, store, summary, "assign", requests, k=k, allowed_models=allowed_models)
+        _gate(spec, store, summary, "assign", requests, expected_rows=len(instructions) * k)
 
     with summary.stage("generate"):
         pending = _pending_generation(store, requests)
@@ -252,8 +255,13 @@ def run_build(spec: Spec) -> str:
         }
         summary.counts["completions"] = len(completions)
         _gate(
-            spec, store, summary, "generate", list(completions.values()),
-            expected_rows=len(requests), allowed_models=allowed_models,
+            spec,
+            store,
+            summary,
+            "generate",
+            list(completions.values()),
+            expected_rows=len(requests),
+            allowed_models=allowed_models,
         )
 
     with summary.stage("annotate"):
@@ -272,8 +280,14 @@ def run_build(spec: Spec) -> str:
         scored = store.results(SCORED, ScoredCompletion, key="completion_id").read().to_pandas()
         summary.counts["scored_completions"] = scored_count
         _gate(
-            spec, store, summary, "annotate", scored,
-            expected_rows=len(completions), aspects=list(spec.judge.aspects), critique=spec.judge.critique,
+            spec,
+            store,
+            summary,
+            "annotate",
+            scored,
+            expected_rows=len(completions),
+            aspects=list(spec.judge.aspects),
+            critique=spec.judge.critique,
         )
 
     with summary.stage("aggregate"):
@@ -291,7 +305,11 @@ def run_build(spec: Spec) -> str:
 
         _gate(spec, store, summary, "pairs", read_pairs(store))
         _gate(
-            spec, store, summary, "binarized", read_binarized(store),
+            spec,
+            store,
+            summary,
+            "binarized",
+            read_binarized(store),
             strict_binarized=spec.binarize.rule == "argilla",
         )
 
@@ -311,9 +329,7 @@ def _report(spec: Spec, summary: BuildSummary, release: dict[str, Any]) -> None:
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(
-            key="build-summary", markdown=f"```\n{text}\n```", description=f"build of {spec.name}"
-        )
+        create_markdown_artifact(key="build-summary", markdown=f"```\n{text}\n```", description=f"build of {spec.name}")
     except Exception:  # noqa: BLE001
         pass
 

@@ -74,12 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="stage counts, failures by reason, gate results and releases")
     _add_spec_args(p)
     p.add_argument("--failures", type=int, default=5, metavar="N", help="failures to list per stage")
-    p = sub.add_parser(
+    sub.add_parser(
         "simulate",
-        help="run the OpenAI-compatible simulator server (for tests, benchmarks and dry runs)",
+        help="run the OpenAI-compatible simulator server (for tests, benchmarks and dry runs); "
+        "see `ultrafeedback simulate --help`",
         add_help=False,
     )
-    p.add_argument("args", nargs=argparse.REMAINDER, help="simulator options; see `simulate --help`")
     return parser
 
 
@@ -98,12 +98,13 @@ def _run_build(spec_path: str, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "simulate":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulate":  # the simulator parses its own options (and --help)
         from infra.simulator.server import main as simulate
 
-        return simulate(args.args)
+        return simulate(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
     _quiet_environment(getattr(args, "verbose", False))
 
     from ultrafeedback.spec import SpecError
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_failure(exc: Exception) -> int:
     from expectations.gate import GateFailed
-    from tasks.ingest.ingest import IngestError
+    from tasks.ingest.loaders import IngestError
 
     if isinstance(exc, GateFailed):
         print(f"error: {exc}\nnothing was published.", file=sys.stderr)

@@ -55,9 +55,7 @@ def annotation_key(
     return content_key("annotation", completion_ids, aspect, judge_model, template_version, sampling_json)
 
 
-def critique_key(
-    completion_id: str, judge_model: str, template_version: str, sampling_json: str
-) -> str:
+def critique_key(completion_id: str, judge_model: str, template_version: str, sampling_json: str) -> str:
     return content_key("critique", completion_id, judge_model, template_version, sampling_json)
 
 

@@ -45,9 +45,7 @@ class Sampling(_Strict):
         return Sampling(**data)
 
     def canonical_json(self) -> str:
-        return json.dumps(
-            {k: v for k, v in self.model_dump().items() if v is not None}, sort_keys=True
-        )
+        return json.dumps({k: v for k, v in self.model_dump().items() if v is not None}, sort_keys=True)
 
 
 class FieldMap(_Strict):
@@ -134,12 +132,8 @@ class Judge(_Strict):
     model: str = "heuristic-v1"
     aspects: list[str] = Field(default_factory=lambda: list(ASPECTS))
     critique: bool = True
-    sampling: Sampling = Field(
-        default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=500)
-    )
-    critique_sampling: Sampling = Field(
-        default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=1024)
-    )
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=500))
+    critique_sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=1024))
     parse_retries: int = Field(default=3, ge=0, description="re-queries after unparseable output")
     shuffle: bool = True
     price: Price = Field(default_factory=Price)
@@ -187,9 +181,7 @@ class Gates(_Strict):
     min_instructions: int = Field(default=1, ge=0)
     min_generation_success: float = Field(default=1.0, ge=0, le=1)
     min_annotation_success: float = Field(default=1.0, ge=0, le=1)
-    min_rating_rate: float = Field(
-        default=1.0, ge=0, le=1, description="share of completions with every aspect rated"
-    )
+    min_rating_rate: float = Field(default=1.0, ge=0, le=1, description="share of completions with every aspect rated")
     min_pairs: int = Field(default=1, ge=0)
 
 
@@ -220,9 +212,7 @@ class Spec(_Strict):
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(min_length=1)
     completions_per_instruction: int = Field(default=4, ge=1)
-    sampling: Sampling = Field(
-        default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, max_tokens=1024)
-    )
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, max_tokens=1024))
     principles: dict[str, list[str]] | None = Field(
         default=None, description="principle -> system prompts; default: the packaged set"
     )
@@ -263,8 +253,7 @@ class Spec(_Strict):
                 for principle in source.principles:
                     if not self.principles.get(principle):
                         raise ValueError(
-                            f"sources.{source.name}.principles: {principle!r} has no prompts in "
-                            "`principles`"
+                            f"sources.{source.name}.principles: {principle!r} has no prompts in `principles`"
                         )
         return self
 

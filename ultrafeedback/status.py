@@ -67,7 +67,9 @@ def print_status(spec_path: str, overrides: list[str], show: int = 5) -> int:
     for label in ("quarantine", "dropped"):
         rows = status[label]
         reasons = Counter(row["reason"].split(":")[0] for row in rows)
-        print(f"  {label:<13} {len(rows)}" + (f"  ({', '.join(f'{r} {n}' for r, n in reasons.items())})" if rows else ""))
+        print(
+            f"  {label:<13} {len(rows)}" + (f"  ({', '.join(f'{r} {n}' for r, n in reasons.items())})" if rows else "")
+        )
         for row in rows[:show] if label == "quarantine" else []:
             print(f"      {row['origin']}: {row['reason']}: {row['detail']}")
     total_failures = 0

@@ -24,9 +24,7 @@ def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
     with _LOCK:
         if cache_key not in _CACHE:
             backend = backend_from_endpoint(endpoint_name, endpoint)
-            backend.limiter = get_limiter(
-                endpoint_name, endpoint.requests_per_minute, endpoint.tokens_per_minute
-            )
+            backend.limiter = get_limiter(endpoint_name, endpoint.requests_per_minute, endpoint.tokens_per_minute)
             _CACHE[cache_key] = backend
         return _CACHE[cache_key]
 

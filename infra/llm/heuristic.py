@@ -179,10 +179,7 @@ def _read_request(instruction: str) -> _Request:
         max_words = 45
     elif re.search(r"\b(briefly|brief|short|concise|concisely|tl;?dr|in a few words)\b", low):
         max_words = 120
-    if (
-        re.search(r"\b(essay|article|blog post|report|short story|story|stories)\b", low)
-        and max_words is None
-    ):
+    if re.search(r"\b(essay|article|blog post|report|short story|story|stories)\b", low) and max_words is None:
         min_words = 80
     elif re.search(
         r"\b(explain|describe|elaborate|discuss|compare|analy[sz]e|in detail|detailed|step[- ]by[- ]step|"
@@ -214,9 +211,7 @@ def _read_request(instruction: str) -> _Request:
         or item_count is not None,
         wants_numbered=bool(re.search(r"\b(numbered|step[- ]by[- ]step|steps)\b", low)),
         item_count=item_count,
-        one_sentence=bool(
-            re.search(r"\b(in|with|using|as) (one|a single|1) sentence\b|\bone-sentence\b", low)
-        ),
+        one_sentence=bool(re.search(r"\b(in|with|using|as) (one|a single|1) sentence\b|\bone-sentence\b", low)),
         wants_json=bool(re.search(r"\bjson\b", low)),
         yes_no=bool(re.search(r"\byes or no\b|\byes/no\b", low)),
         wants_table=bool(re.search(r"\b(table|tabular)\b", low)) and "timetable" not in low,
@@ -382,9 +377,7 @@ def _format_failures(request: _Request, text: str, words: list[str]) -> list[str
         failures.append("it was asked for a list but gives none")
     if request.wants_numbered and len(_NUMBERED_LINE.findall(text)) < 2:
         failures.append("it was asked for numbered steps but does not number them")
-    if request.item_count is not None and _items(text) not in range(
-        request.item_count, request.item_count + 1
-    ):
+    if request.item_count is not None and _items(text) != request.item_count:
         failures.append(f"it was asked for {request.item_count} items but gives {_items(text)}")
     if request.one_sentence and len([s for s in _SENTENCE_SPLIT.split(text.strip()) if _words(s)]) > 1:
         failures.append("it was asked for one sentence but writes several")
@@ -395,14 +388,14 @@ def _format_failures(request: _Request, text: str, words: list[str]) -> list[str
     if request.wants_table and not re.search(r"^\s*\|.*\|", text, re.MULTILINE):
         failures.append("it was asked for a table but gives none")
     if request.wants_code and not (
-        "```" in text
-        or re.search(r"^\s*(def |class |import |function |for |if |return |SELECT |#include)", text, re.M)
+        "```" in text or re.search(r"^\s*(def |class |import |function |for |if |return |SELECT |#include)", text, re.M)
     ):
         failures.append("it was asked for code but contains none")
     return failures
 
 
 def _analyse(request: _Request, knowledge: _Knowledge, instruction: str, text: str) -> _Signals:
+    text = text.replace("\u2019", "'")  # curly apostrophes: "can’t" must match like "can't"
     words = _words(text)
     n_words = len(words)
     empty = not any(ch.isalnum() for ch in text)
@@ -442,9 +435,7 @@ def _analyse(request: _Request, knowledge: _Knowledge, instruction: str, text: s
         # "I don't know" neither flags the premise nor plays along with it
         signals.premise_flagged = bool(_PREMISE_FLAG.search(_DONT_KNOW.sub("", text[:400]))) or refusal
         if not signals.premise_flagged and not signals.dont_know:
-            signals.contradicts = (
-                "it answers as if the premise were true, but the question rests on a false premise"
-            )
+            signals.contradicts = "it answers as if the premise were true, but the question rests on a false premise"
     elif knowledge.correct or knowledge.incorrect:
         best_correct = max((_coverage(c, answer_norm, answer_stems) for c in knowledge.correct), default=0.0)
         scored = [(_coverage(c, answer_norm, answer_stems), c) for c in knowledge.incorrect]
@@ -477,8 +468,8 @@ def _clamp(value: float, low: int = 1, high: int = 5) -> int:
     return int(max(low, min(high, round(value))))
 
 
-def _sentence(reasons: list[str], fallback: str) -> str:
-    body = "; ".join(reasons) if reasons else fallback
+def _sentence(reasons: list[str]) -> str:
+    body = "; ".join(reasons)
     return _one_line(f"{RATIONALE_PREFIX} {body[0].upper()}{body[1:]}.")
 
 
@@ -502,9 +493,7 @@ def _instruction_following(request: _Request, s: _Signals) -> tuple[int, list[st
         reasons.extend(s.format_failures)
     if s.too_short:
         rating -= 1
-        reasons.append(
-            f"at {s.n_words} words the answer is shorter than the request needs ({request.min_words}+)"
-        )
+        reasons.append(f"at {s.n_words} words the answer is shorter than the request needs ({request.min_words}+)")
     if s.too_long:
         rating -= 1
         reasons.append(f"at {s.n_words} words the answer ignores the requested length")
@@ -515,9 +504,7 @@ def _instruction_following(request: _Request, s: _Signals) -> tuple[int, list[st
         rating -= 1
         reasons.append(f"the answer covers few of the instruction's key terms ({s.relevance:.0%})")
     if not reasons:
-        reasons.append(
-            "the answer addresses the instruction's key terms and honours its format and length requests"
-        )
+        reasons.append("the answer addresses the instruction's key terms and honours its format and length requests")
     return _clamp(rating, 2 if not s.degenerate else 1), reasons
 
 
@@ -600,22 +587,17 @@ def _truthfulness(request: _Request, s: _Signals) -> tuple[list[str], str, int, 
     if not types:
         if s.declines:
             rating = 4
-            rating_reasons.append(
-                "the answer declines, so it states nothing false but also nothing checkable"
-            )
+            rating_reasons.append("the answer declines, so it states nothing false but also nothing checkable")
         elif s.supported:
             rating_reasons.append("the answer agrees with the provided world knowledge")
         elif s.unverified_specifics:
             rating = 4
             rating_reasons.append(
-                f"it makes {s.unverified_specifics} specific claims (names, numbers) "
-                "that no given knowledge can verify"
+                f"it makes {s.unverified_specifics} specific claims (names, numbers) that no given knowledge can verify"
             )
         else:
             rating_reasons.append("no contradiction with the instruction or the given knowledge was detected")
-    type_reason = (
-        "; ".join(type_reasons) if type_reasons else "no contradiction, drift or repetition detected"
-    )
+    type_reason = "; ".join(type_reasons) if type_reasons else "no contradiction, drift or repetition detected"
     return sorted(types), type_reason, rating, "; ".join(rating_reasons)
 
 
@@ -680,7 +662,10 @@ def rate(aspect: str, instruction: str, texts: list[str], world_knowledge: str |
     """Rate ``texts`` on one aspect and return judge text in the original output format (§4.3).
 
     One block per text, separated by one blank line, no preamble, no blank line inside a block, so
-    the real judge's parser reads it unchanged. Deterministic: the same inputs give the same text.
+    the real judge's parser reads it unchanged. Deterministic: the same inputs give the same text,
+    and each text's block depends only on that text, so shuffling the slots shuffles the ratings.
+    ``world_knowledge`` (the original passes it for truthfulness only) is used for any aspect it
+    is given with, since honesty and helpfulness also judge correctness.
     """
     if aspect not in ASPECT_HEADERS:
         raise ValueError(f"unknown aspect {aspect!r}; known: {', '.join(ASPECT_HEADERS)}")
@@ -692,17 +677,17 @@ def rate(aspect: str, instruction: str, texts: list[str], world_knowledge: str |
         header = f"{ASPECT_HEADERS[aspect]} Output for Text {i}"
         if aspect == "instruction_following":
             rating, reasons = _instruction_following(request, s)
-            blocks.append(f"{header}\nRating: {rating}\nRationale: {_sentence(reasons, '')}")
+            blocks.append(f"{header}\nRating: {rating}\nRationale: {_sentence(reasons)}")
         elif aspect == "honesty":
             honesty, reasons = _honesty(request, s)
-            blocks.append(f"{header}\nRating: {honesty}\nRationale: {_sentence(reasons, '')}")
+            blocks.append(f"{header}\nRating: {honesty}\nRationale: {_sentence(reasons)}")
         else:
             rule = _truthfulness if aspect == "truthfulness" else _helpfulness
             types, type_reason, rating, rating_reason = rule(request, s)
             blocks.append(
                 f"{header}\nType: {', '.join(types) if types else 'None'}\n"
-                f"Rationale: {_sentence([type_reason], '')}\n"
-                f"Rating: {rating}\nRationale: {_sentence([rating_reason], '')}"
+                f"Rationale: {_sentence([type_reason])}\n"
+                f"Rating: {rating}\nRationale: {_sentence([rating_reason])}"
             )
     return "\n\n".join(blocks)
 
@@ -756,9 +741,7 @@ def critique(instruction: str, completion: str, note: str | None = None) -> str:
     low_note = (note or "").lower()
     if "confidence" in low_note and ("%" in low_note or "percent" in low_note or "scalar" in low_note):
         if s.confidence is None:
-            points.append(
-                "The principle asks for a confidence level as a percentage, which is missing; add one"
-            )
+            points.append("The principle asks for a confidence level as a percentage, which is missing; add one")
             score -= 1.0
         else:
             score += 0.5
@@ -766,9 +749,7 @@ def critique(instruction: str, completion: str, note: str | None = None) -> str:
         if s.hedged or s.dont_know:
             score += 0.5
         elif s.unverified_specifics:
-            points.append(
-                "It states specific names and figures with full confidence; flag those it is unsure of"
-            )
+            points.append("It states specific names and figures with full confidence; flag those it is unsure of")
             score -= 0.5
     if s.explains and not (s.degenerate or s.off_topic):
         score += 0.5

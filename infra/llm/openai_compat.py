@@ -280,7 +280,7 @@ class OpenAICompatBackend:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     def stats(self) -> dict[str, int]:
-        """Counters over this backend's life: requests, attempts, retries, failures by reason, tokens."""
+        """Counters over this backend's life: requests, attempts, failures (also by reason), tokens."""
         with self._stats_lock:
             return dict(self._stats)
 
@@ -387,9 +387,11 @@ class OpenAICompatBackend:
                 retry_after_header = response.headers.get("Retry-After")
         except TimeoutError:
             raise _Failure("timeout", f"no answer within {self.timeout_s:g}s from {url}", True) from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise _Failure("connection", f"{type(exc).__name__}: {exc}", True) from None
-        if status == 200:
+        except Exception as exc:  # noqa: BLE001 - one request's failure is data, never a crash
+            raise _Failure("client_error", f"{type(exc).__name__}: {exc}", False) from None
+        if 200 <= status < 300:
             return _parse_success(raw, chat)
         snippet = raw[:_ERROR_SNIPPET].decode("utf-8", "replace").strip()
         message = f"HTTP {status} from {url}: {snippet}"

@@ -34,6 +34,7 @@ _MARKER = re.compile(r"(?m)^<text (\d+)>")
 _TEXT_END = re.compile(r"(?m)^(?:World Knowledge:|### Output)")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _SPACE = re.compile(r"\s+")
+_RULE = re.compile(r"(?m)^---[ \t]*$")
 
 _STOPWORDS = frozenset(
     """about above after again against also among and any are because been before being below
@@ -229,31 +230,27 @@ def judge_reply(aspect: str, texts: list[tuple[int, str]], seed: int, model: str
 
 
 def break_judge_reply(reply: str, rng: random.Random) -> str:
-    """A judge answer that the original parser rejects (the ``unparseable`` fault)."""
+    """A judge answer that no faithful parser accepts (the ``unparseable`` fault).
+
+    Either a block is missing or a rating is not a number: both lose information, so even a
+    lenient parser (one that forgives a preamble or stray blank lines) must reject them.
+    """
     blocks = reply.split("\n\n")
-    variant = rng.randrange(4)
-    if variant == 0:
-        return "Here is my evaluation of each text.\n\n" + reply
-    if variant == 1 and len(blocks) > 1:
+    if rng.random() < 0.5 and len(blocks) > 1:
         return "\n\n".join(blocks[:-1])
-    if variant == 2:
-        return re.sub(r"(?m)^Rating: .*$", "Rating: excellent", reply, count=1)
-    return reply.replace("\nRationale: ", "\n\nRationale: ", 1)
+    return re.sub(r"(?m)^Rating: .*$", "Rating: excellent", reply, count=1)
 
 
 # ---------------------------------------------------------------------------- critique
 def critique_answer(user_text: str) -> str:
-    """The answer being critiqued: after the ``### Answer`` line, before the closing ``---``."""
+    """The answer being critiqued: after the ``### Answer`` line, up to the next ``---`` rule."""
     start = user_text.find("### Answer")
     if start < 0:
-        return user_text.strip()
+        return _SPACE.sub(" ", user_text).strip()
     body = user_text[start + len("### Answer") :]
-    feedback = body.rfind("### Feedback")
-    if feedback >= 0:
-        body = body[:feedback]
-    rule = body.rfind("\n---")
-    if rule >= 0:
-        body = body[:rule]
+    rule = _RULE.search(body)
+    if rule is not None:
+        body = body[: rule.start()]
     return _SPACE.sub(" ", body).strip()
 
 

@@ -6,9 +6,15 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/mo
 Faults are decided per request by an RNG seeded with (seed, sha256 of the body, how many times
 this exact body was seen before), so a run is reproducible and a retried request can succeed.
 Two test hooks sit beside the random faults: a model named ``force-<code>`` (``force-400``)
-always gets that HTTP status, and a wrong API key (when ``api_key`` is set) gets a 401 whose
-message echoes the presented key verbatim, as careless proxies do, so tests can check that
-clients keep keys out of their errors.
+always gets that HTTP status (with ``Retry-After`` for 429 and 503), and a wrong API key (when
+``api_key`` is set) gets a 401 whose message echoes the presented key verbatim, as careless
+proxies do, so tests can check that clients keep keys out of their errors.
+
+``/stats`` (and ``Simulator.stats()``) holds: ``total`` requests received (faulted ones included),
+``by_kind`` (generation, judge_aspect, critique, invalid), ``by_model``, ``by_endpoint`` (chat,
+completions), ``faults`` by type (``429``, ``500``, ``timeout``, ``malformed``, ``unparseable``,
+``forced_<code>``, ``auth``), ``statuses`` answered (499: the client left first), ``with_auth``,
+``prompt_tokens``, ``completion_tokens``, ``in_flight`` and the ``max_in_flight`` observed.
 
 Latency is ``asyncio.sleep``, so concurrency is real; the handlers stay cheap (one JSON parse,
 one hash, a small lock) so one core serves about a thousand requests a second.
@@ -190,7 +196,8 @@ async def _answer(
         code = int(forced.group(1))
         with state.lock:
             state.faults[f"forced_{code}"] += 1
-        return _error(code, f"forced status {code} for model {model!r}", "forced_error")
+        headers = {"Retry-After": f"{config.retry_after_s:g}"} if code in (429, 503) else None
+        return _error(code, f"forced status {code} for model {model!r}", "forced_error", headers)
 
     rng = _fault_rng(config.seed, digest, sighting)
     faults_allowed = config.max_faults_per_body is None or sighting < config.max_faults_per_body
@@ -198,8 +205,8 @@ async def _answer(
     fault = None
     if faults_allowed:
         for name, rate in (
-            ("http_429", config.rate_429),
-            ("http_500", config.rate_500),
+            ("429", config.rate_429),
+            ("500", config.rate_500),
             ("timeout", config.rate_timeout),
             ("malformed", config.rate_malformed),
         ):
@@ -211,7 +218,7 @@ async def _answer(
     if fault is not None:
         with state.lock:
             state.faults[fault] += 1
-    if fault == "http_429":
+    if fault == "429":
         retry_after = f"{config.retry_after_s:g}"
         return _error(
             429, "rate limit exceeded (simulated)", "rate_limit_error", {"Retry-After": retry_after}
@@ -222,7 +229,7 @@ async def _answer(
         delay_ms += rng.uniform(-config.jitter_ms, config.jitter_ms)
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000.0)
-    if fault == "http_500":
+    if fault == "500":
         return _error(500, "internal server error (simulated)", "server_error")
     if fault == "timeout":
         await asyncio.sleep(config.timeout_sleep_s)

@@ -241,9 +241,7 @@ def _run_heuristic(jobs, parse, accept, reject, shard: int) -> None:  # noqa: AN
         if isinstance(job, AspectJob):
             raw = heuristic.rate(job.aspect, job.instruction.instruction, job.texts, job.world_knowledge)
         else:
-            raw = heuristic.critique(
-                job.instruction.instruction, job.response, note=job.request.system_prompt
-            )
+            raw = heuristic.critique(job.instruction.instruction, job.response, note=job.request.system_prompt)
         parsed = parse(job, raw)
         if parsed.ok:
             accept(job, raw, parsed, (0, 0))
@@ -295,7 +293,9 @@ def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: Stag
         last_round = round_number == spec.judge.parse_retries
         retry: dict[str, AspectJob | CritiqueJob] = {}
 
-        def on_result(result: LLMResult, retry: dict = retry, last_round: bool = last_round) -> None:
+        def on_result(
+            result: LLMResult, retry: dict = retry, last_round: bool = last_round, pending: dict = pending
+        ) -> None:
             job = pending[result.key]
             attempts[job.key] += result.attempts
             if not result.ok:

@@ -18,8 +18,9 @@ each of these is unambiguous):
   applies: exactly n blank-line-separated blocks, in order.
 * Field labels ``Rating:``, ``Rationale:``, ``Type:`` at the start of a line, case-insensitive, with
   an optional bullet (``- ``) and bold/italic markers around the label (``**Rating:** 4``,
-  ``**Rating**: 4``); ``Rating for text 2:`` also counts as a Rating label. A label with an empty
-  value takes the next line as its value.
+  ``**Rating**: 4``); a qualifier such as ``Rating for text 2:`` or ``Rationale for rating:`` is
+  allowed. A label with an empty value takes the next line as its value; bold markers around a
+  value are dropped.
 * A field's value runs to the next label or to the first blank line; what follows a blank line up
   to the next label is ignored. That drops trailing commentary after the last block ("Overall,
   Text 2 is best.") and, knowingly, any second paragraph of a rationale (the template asks for
@@ -120,10 +121,12 @@ _HEADER = re.compile(
     r"^\s*#{0,6}\s*(?:\*\*|__)?\s*Output\s+for\s+Text\s+(\d+)\s*:?\s*(?:\*\*|__)?\s*:?\s*$", re.IGNORECASE
 )
 _LABEL = re.compile(
-    r"^\s*(?:[-*+]\s+)?(?:\*\*|__|\*|_)?\s*(rating|rationale|type)(?:\s+for\s+text\s+\d+)?"
+    r"^\s*(?:[-*+]\s+)?(?:\*\*|__|\*|_)?\s*(rating|rationale|type)"
+    r"(?:\s+for\s+(?:the\s+)?(?:text\s+\d+|rating|type|types|identification))?"
     r"\s*(?:\*\*|__|\*|_)?\s*:\s*(?:\*\*|__|\*|_)?\s*(.*)$",
     re.IGNORECASE,
 )
+_BOLD_EDGES = re.compile(r"^(?:\*\*|__)|(?:\*\*|__)$")
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,}|```\w*)\s*$")
 _INT = re.compile(r"(?<![\d.])(\d+)(\.\d+)?")
 _NA = re.compile(r"^[\s\[\]\"'*_(]*(?:n/?a\b|not\s+applicable)", re.IGNORECASE)
@@ -175,7 +178,7 @@ def _fields(block: list[str]) -> list[tuple[str, str]]:
                 closed = True
         elif out and not closed:
             out[-1][1].append(line.strip())
-    return [(label, "\n".join(value).strip().strip("*_").strip()) for label, value in out]
+    return [(label, _BOLD_EDGES.sub("", "\n".join(value).strip()).strip()) for label, value in out]
 
 
 def _following_rationale(fields: list[tuple[str, str]], start: int) -> str | None:

@@ -27,10 +27,6 @@ def annotate_shard_task(spec: Spec, shard: int) -> dict[str, Any]:
     instructions = read_instructions(store, {r.instruction_id for r in requests})
     done_annotations = store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key").keys()
     done_critiques = store.results(CRITIQUES, Critique, key="critique_key").keys()
-    aspect_jobs, critique_jobs = plan_jobs(
-        spec, requests, instructions, completions, done_annotations, done_critiques
-    )
-    report = annotate_shard(
-        spec, store, shard, aspect_jobs, critique_jobs, progress_callback(ANNOTATIONS)
-    )
+    aspect_jobs, critique_jobs = plan_jobs(spec, requests, instructions, completions, done_annotations, done_critiques)
+    report = annotate_shard(spec, store, shard, aspect_jobs, critique_jobs, progress_callback(ANNOTATIONS))
     return report.to_dict()

@@ -105,7 +105,9 @@ def generate_shard(
             calls = [to_llm_request(r, instructions[r.instruction_id], entry.served_name) for r in batch]
             report.issued += len(calls)
 
-            def on_result(result: LLMResult, model_id: str = model_id) -> None:
+            def on_result(
+                result: LLMResult, model_id: str = model_id, originals: dict = originals, backend=backend
+            ) -> None:
                 original = originals[result.key]
                 if result.ok:
                     checkpoint.add(

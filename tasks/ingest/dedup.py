@@ -138,22 +138,26 @@ def band_hashes(signature: np.ndarray) -> np.ndarray:
 class NearIndex:
     """The kept instructions, searchable for near duplicates of a new one.
 
-    Built over every candidate of a run at once (keys and signatures computed in one vectorised
-    pass); ``add(i)`` marks candidate ``i`` as kept, ``find(i)`` returns the kept candidate that
-    ``i`` nearly duplicates, if any. Callers decide the order, which decides who is kept.
+    Built over every candidate of a run at once (keys, signatures and band collisions computed in
+    vectorised passes); ``add(i)`` marks candidate ``i`` as kept, ``find(i)`` returns the kept
+    candidate that ``i`` nearly duplicates, if any. Callers decide the order, which decides who is
+    kept. Only band buckets with two or more members are ever stored, so the common case (an
+    instruction like no other) costs one dict lookup.
     """
 
     def __init__(self, texts: Sequence[str]):
         self.keys = [near_key(t) for t in texts]
         self.signature = signatures(self.keys)
-        self._bands = band_hashes(self.signature).tolist()
+        self._groups = _shared_buckets(band_hashes(self.signature), [bool(k) for k in self.keys])
         self._by_key: dict[str, int] = {}
-        self._buckets: list[dict[int, list[int]]] = [{} for _ in range(BANDS)]
+        self._members: dict[int, list[int]] = {}
         self._shingles: dict[int, set[str]] = {}
 
     def _shingle_set(self, i: int) -> set[str]:
         cached = self._shingles.get(i)
         if cached is None:
+            if len(self._shingles) > 4096:
+                self._shingles.clear()
             cached = self._shingles[i] = shingles(self.keys[i])
         return cached
 
@@ -161,7 +165,7 @@ class NearIndex:
         """``(kept index, similarity)`` of a kept near duplicate of candidate ``i``, else None.
 
         Similarity 1.0 means the near keys are equal (rule 1); otherwise it is the exact 5-gram
-        Jaccard (rule 2). Among several, the most similar wins, then the earliest kept.
+        Jaccard (rule 2). Among several, the most similar wins, then the lowest index.
         """
         key = self.keys[i]
         if not key:
@@ -169,11 +173,12 @@ class NearIndex:
         same = self._by_key.get(key)
         if same is not None:
             return same, 1.0
+        groups = self._groups.get(i)
+        if not groups:
+            return None
         found: set[int] = set()
-        for band, value in enumerate(self._bands[i]):
-            bucket = self._buckets[band].get(value)
-            if bucket:
-                found.update(bucket)
+        for group in groups:
+            found.update(self._members.get(group, ()))
         if not found:
             return None
         candidates = np.fromiter(found, dtype=np.int64, count=len(found))
@@ -184,14 +189,31 @@ class NearIndex:
             score = jaccard(mine, self._shingle_set(j))
             if score >= THRESHOLD and (best is None or score > best[1]):
                 best = (j, score)
-        if len(self._shingles) > 4096:
-            self._shingles.clear()
         return best
 
     def add(self, i: int) -> None:
+        """Mark candidate ``i`` as kept, so later candidates are compared with it."""
         key = self.keys[i]
         if not key:
             return
         self._by_key.setdefault(key, i)
-        for band, value in enumerate(self._bands[i]):
-            self._buckets[band].setdefault(value, []).append(i)
+        for group in self._groups.get(i, ()):
+            self._members.setdefault(group, []).append(i)
+
+
+def _shared_buckets(bands: np.ndarray, usable: list[bool]) -> dict[int, list[int]]:
+    """For each candidate with a band value shared by another candidate: its shared bucket ids.
+
+    A bucket id numbers one (band, band value) pair; buckets with a single member are left out,
+    since nothing can collide in them.
+    """
+    result: dict[int, list[int]] = {}
+    mask = np.asarray(usable, dtype=bool)
+    offset = 0
+    for band in range(bands.shape[1]):
+        _, inverse, counts = np.unique(bands[:, band], return_inverse=True, return_counts=True)
+        shared = np.nonzero(mask & (counts[inverse] > 1))[0]
+        for row, bucket in zip(shared.tolist(), (inverse[shared] + offset).tolist(), strict=True):
+            result.setdefault(row, []).append(bucket)
+        offset += len(counts)
+    return result

@@ -290,7 +290,7 @@ def ingest(spec: Spec, *, hf_cache_dir: str | None = None) -> IngestResult:
                 other, score = ordered[similar[0]], similar[1]
                 how = (
                     "equal up to case, punctuation and spacing"
-                    if score >= 1.0
+                    if near.keys[index] == near.keys[similar[0]]
                     else f"character 5-gram Jaccard {score:.3f} >= {THRESHOLD}"
                 )
                 counts["near_duplicates"] += 1

@@ -74,8 +74,13 @@ def spec_data(folder: Path, url: str, **changes: object) -> dict:
             }
         },
         "models": [
-            {"id": f"sim-{i}", "backend": "openai", "endpoint": "sim", "model": f"sim-model-{i}",
-             "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+            {
+                "id": f"sim-{i}",
+                "backend": "openai",
+                "endpoint": "sim",
+                "model": f"sim-model-{i}",
+                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
+            }
             for i in range(5)
         ],
         "completions_per_instruction": K,
@@ -168,8 +173,13 @@ def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_
 def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, tmp_path, monkeypatch):
     monkeypatch.setenv("UF_E2E_KEY", SECRET)
     config = SimulatorConfig(
-        seed=9, rate_429=0.15, rate_500=0.15, rate_malformed=0.05, rate_unparseable=0.2,
-        retry_after_s=0.05, max_faults_per_body=2,
+        seed=9,
+        rate_429=0.15,
+        rate_500=0.15,
+        rate_malformed=0.05,
+        rate_unparseable=0.2,
+        retry_after_s=0.05,
+        max_faults_per_body=2,
     )
     with Simulator(config) as sim:
         write_sources(tmp_path)
@@ -182,8 +192,8 @@ def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, t
 
 def test_failed_requests_stop_the_run_and_a_rerun_sends_only_those(prefect_harness, sim, tmp_path):
     from expectations.gate import GateFailed
-    from ultrafeedback.status import collect_status
     from infra.store import Store
+    from ultrafeedback.status import collect_status
 
     write_sources(tmp_path)
     data = spec_data(tmp_path, sim.url)

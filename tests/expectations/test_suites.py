@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from expectations.gate import GateContext, run_gate
-from expectations.suites import CHAT_OK, chat_problem, suite_for, suite_name
 from expectations.models import STAGES
+from expectations.suites import CHAT_OK, chat_problem, suite_for, suite_name
 from ultrafeedback.records import (
     ASPECTS,
     PRINCIPLES,
@@ -23,6 +23,7 @@ from ultrafeedback.records import (
     CompletionRequest,
     Instruction,
     Pair,
+    Quarantined,
     ScoredCompletion,
 )
 from ultrafeedback.spec import Gates
@@ -191,7 +192,7 @@ CONTEXTS: dict[str, GateContext] = {
         allowed_models=POOL,
     ),
     "pairs": GateContext(gates=Gates(min_pairs=5)),
-    "binarized": GateContext(binarize_rule="h4"),
+    "binarized": GateContext(strict_binarized=False),  # the H4 rule
 }
 
 
@@ -199,18 +200,22 @@ def _frame(rows: list[Any]) -> pd.DataFrame:
     return pd.DataFrame([r.model_dump() if hasattr(r, "model_dump") else r for r in rows])
 
 
-def _set(index: int | list[int], **changes: Any) -> Callable[[list[Any]], pd.DataFrame]:
-    """A table with rows ``index`` changed (model_copy skips validation, like a corrupt file)."""
-    indices = [index] if isinstance(index, int) else index
+def _edit(changes: dict[int, dict[str, Any]]) -> Callable[[list[Any]], pd.DataFrame]:
+    """A table with some rows changed (model_copy skips validation, as a corrupt file would)."""
 
     def make(rows: list[Any]) -> pd.DataFrame:
         rows = list(rows)
-        for i in indices:
+        for i, update in changes.items():
             row = rows[i]
-            rows[i] = row.model_copy(update=changes) if hasattr(row, "model_copy") else {**row, **changes}
+            rows[i] = row.model_copy(update=update) if hasattr(row, "model_copy") else {**row, **update}
         return _frame(rows)
 
     return make
+
+
+def _set(index: int | list[int], **changes: Any) -> Callable[[list[Any]], pd.DataFrame]:
+    """A table with the same change on rows ``index``."""
+    return _edit(dict.fromkeys([index] if isinstance(index, int) else index, changes))
 
 
 def _drop_column(column: str) -> Callable[[list[Any]], pd.DataFrame]:
@@ -218,7 +223,7 @@ def _drop_column(column: str) -> Callable[[list[Any]], pd.DataFrame]:
 
 
 def _head(n: int) -> Callable[[list[Any]], pd.DataFrame]:
-    return lambda rows: _frame(rows[:n])
+    return lambda rows: _frame(rows).head(n)
 
 
 @dataclass
@@ -230,15 +235,21 @@ class Case:
     ctx: dict[str, Any] = field(default_factory=dict)
     also: tuple[str, ...] = ()
     """Checks that cannot help failing with this one (they depend on the same column or fact)."""
+    label: str = ""
 
-
-def _copy_id(stage_rows: Callable[[], list[Any]], src: int, column: str) -> Any:
-    return getattr(stage_rows()[src], column)
+    @property
+    def id(self) -> str:
+        return f"{self.stage}: {self.check}" + (f" ({self.label})" if self.label else "")
 
 
 CASES: list[Case] = [
     # ---- ingest
-    Case("ingest", "columns match Instruction", _drop_column("origin"), {"missing": ["origin"], "unexpected": []}),
+    Case(
+        "ingest",
+        "columns match Instruction",
+        _drop_column("origin"),
+        {"missing": ["origin"], "unexpected": []},
+    ),
     Case("ingest", "id not null", _set(3, id=None), 1),
     Case("ingest", "id unique", _set(3, id="ins0"), 2),
     Case("ingest", "instruction not null", _set(3, instruction=None), 1),
@@ -248,8 +259,12 @@ CASES: list[Case] = [
     Case("ingest", "enough instructions", _head(4), 4),
     Case("ingest", "quarantined within limit", _frame, 2, ctx={"quarantined": 2}),
     # ---- assign
-    Case("assign", "columns match CompletionRequest", lambda rows: _frame(rows).assign(extra=1),
-         {"missing": [], "unexpected": ["extra"]}),
+    Case(
+        "assign",
+        "columns match CompletionRequest",
+        lambda rows: _frame(rows).assign(extra=1),
+        {"missing": [], "unexpected": ["extra"]},
+    ),
     Case("assign", "request_id not null", _set(5, request_id=None), 1),
     Case("assign", "request_id unique", _set(5, request_id="req0-0"), 2),
     Case("assign", "instruction_id not null", _set([0, 1, 2, 3], instruction_id=None), 4),
@@ -266,18 +281,40 @@ CASES: list[Case] = [
     Case("assign", "source in allowed set", _set(3, source="sharegpt"), 1),
     Case("assign", "row count", _frame, 20, ctx={"expected_rows": 24}),
     # ---- generate (90% success required: 2 of 20 bad responses pass, 3 fail)
-    Case("generate", "columns match Completion", _drop_column("backend"), {"missing": ["backend"], "unexpected": []}),
+    Case(
+        "generate",
+        "columns match Completion",
+        _drop_column("backend"),
+        {"missing": ["backend"], "unexpected": []},
+    ),
     Case("generate", "request_id not null", _set(2, request_id=None), 1),
     Case("generate", "request_id unique", _set(2, request_id="req0-0"), 2),
     Case("generate", "instruction_id not null", _set(2, instruction_id=None), 1),
-    Case("generate", "response not null", _set([1, 2, 3], response=None), 3),
-    Case("generate", "response not empty", _set([1, 2, 3], response="  "), 3),
+    Case(
+        "generate", "response not null", _set([1, 2, 3], response=None), 3, also=("generation success rate",)
+    ),
+    Case(
+        "generate", "response not empty", _set([1, 2, 3], response="  "), 3, also=("generation success rate",)
+    ),
+    # 18 of 20 rows (row count ok), 1 of 18 empty (94% ok), but only 17 of 20 requests succeeded
+    Case("generate", "generation success rate", lambda rows: _set(1, response="")(rows).head(18), 0.85),
     Case("generate", "model not null", _set(2, model=None), 1),
     Case("generate", "model in pool", _set(2, model="gpt-9"), 1),
-    Case("generate", "row count", _head(17), 17),
+    Case("generate", "row count", _head(17), 17, also=("generation success rate",), label="too few"),
+    Case(
+        "generate",
+        "row count",
+        lambda rows: _frame([*rows, rows[0].model_copy(update={"request_id": "req-extra"})]),
+        21,
+        label="more than requested",
+    ),
     # ---- annotate (90% rating and critique rates required)
-    Case("annotate", "columns match ScoredCompletion", _drop_column("judge_kind"),
-         {"missing": ["judge_kind"], "unexpected": []}),
+    Case(
+        "annotate",
+        "columns match ScoredCompletion",
+        _drop_column("judge_kind"),
+        {"missing": ["judge_kind"], "unexpected": []},
+    ),
     Case("annotate", "completion_id not null", _set(2, completion_id=None), 1),
     Case("annotate", "completion_id unique", _set(2, completion_id="req0-0"), 2),
     Case("annotate", "instruction_id not null", _set(2, instruction_id=None), 1),
@@ -285,19 +322,35 @@ CASES: list[Case] = [
     Case("annotate", "model in pool", _set(2, model="gpt-9"), 1),
     Case("annotate", "helpfulness rating valid", _set(2, helpfulness_rating="N/A"), 1),
     Case("annotate", "instruction_following rating valid", _set(2, instruction_following_rating="6"), 1),
-    Case("annotate", "truthfulness rated", _set([1, 2, 3], truthfulness_rating=None, truthfulness_rationale=None), 3,
-         also=("all aspects rated",)),
+    Case(
+        "annotate",
+        "truthfulness rated",
+        _set([1, 2, 3], truthfulness_rating=None, truthfulness_rationale=None),
+        3,
+        also=("all aspects rated",),
+    ),
     Case("annotate", "honesty rationale present", _set(2, honesty_rationale=None), 1),
     Case("annotate", "honesty rationale not empty", _set(2, honesty_rationale=" "), 1),
-    Case("annotate", "all aspects rated",
-         lambda rows: _set(3, honesty_rating=None)(_set_rows(_set_rows(rows, 1, truthfulness_rating=None),
-                                                             2, helpfulness_rating=None)), 3),
+    # each aspect misses 1 of 20 (95% >= 90%), but only 17 of 20 rows have all four (85%)
+    Case(
+        "annotate",
+        "all aspects rated",
+        _edit(
+            {1: {"truthfulness_rating": None}, 2: {"helpfulness_rating": None}, 3: {"honesty_rating": None}}
+        ),
+        3,
+    ),
     Case("annotate", "overall_score present", _set([1, 2, 3], overall_score=None), 3),
     Case("annotate", "overall_score in [1, 10]", _set(2, overall_score=11.0), 1),
     Case("annotate", "fine_grained_score in [1, 5]", _set(2, fine_grained_score=0.5), 1),
     Case("annotate", "row count", _frame, 20, ctx={"expected_rows": 21}),
     # ---- pairs
-    Case("pairs", "columns match Pair", _drop_column("chosen_model"), {"missing": ["chosen_model"], "unexpected": []}),
+    Case(
+        "pairs",
+        "columns match Pair",
+        _drop_column("chosen_model"),
+        {"missing": ["chosen_model"], "unexpected": []},
+    ),
     Case("pairs", "pair_id not null", _set(2, pair_id=None), 1),
     Case("pairs", "pair_id unique", _set(2, pair_id="pair0-01"), 2),
     Case("pairs", "score_chosen > score_rejected", _set(2, score_rejected=5.0), 1),
@@ -307,24 +360,27 @@ CASES: list[Case] = [
     Case("pairs", "margin > 0", _set(2, margin=0.0), 1),
     Case("pairs", "enough pairs", _head(4), 4),
     # ---- binarized (H4 rule: ties allowed)
-    Case("binarized", "columns present", _drop_column("prompt_id"), {"missing": ["prompt_id"], "unexpected": []},
-         also=("prompt_id not null",)),
+    Case(
+        "binarized",
+        "columns present",
+        _drop_column("prompt_id"),
+        {"missing": ["prompt_id"], "unexpected": ["messages", "source"]},  # extras are allowed here
+        also=("prompt_id not null",),
+    ),
     Case("binarized", "prompt_id not null", _set(2, prompt_id=None), 1),
     Case("binarized", "prompt not null", _set(2, prompt=None), 1),
-    Case("binarized", "prompt not empty",
-         _set(2, prompt=" ", chosen=_chat(" ", "a"), rejected=_chat(" ", "b")), 1),
+    Case(
+        "binarized",
+        "prompt not empty",
+        _set(2, prompt=" ", chosen=_chat(" ", "a"), rejected=_chat(" ", "b")),
+        1,
+    ),
     Case("binarized", "chosen is a chat", _set(2, chosen=[{"role": "user", "content": "Question 2?"}]), 1),
     Case("binarized", "rejected is a chat", _set(2, rejected=_chat("Another question?", "b")), 1),
     Case("binarized", "score_chosen >= score_rejected", _set(2, score_rejected=9.0), 1),
-    Case("binarized", "score_chosen > score_rejected", _frame, 1, ctx={"binarize_rule": "argilla"}),
+    Case("binarized", "score_chosen > score_rejected", _frame, 1, ctx={"strict_binarized": True}),
     Case("binarized", "not empty", _head(0), 0),
 ]
-
-
-def _set_rows(rows: list[Any], index: int, **changes: Any) -> list[Any]:
-    rows = list(rows)
-    rows[index] = rows[index].model_copy(update=changes)
-    return rows
 
 
 def _gate(stage: str, df: pd.DataFrame, **ctx_changes: Any):
@@ -343,9 +399,9 @@ def test_valid_table_passes(stage: str) -> None:
     assert result.row_count == len(BUILDERS[stage]())
 
 
-@pytest.mark.parametrize("case", CASES, ids=[f"{c.stage}: {c.check}" for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_failure_reason_fails_its_check(case: Case) -> None:
-    df = case.make(BUILDERS[case.stage]()) if case.make is not _frame else _frame(BUILDERS[case.stage]())
+    df = case.make(BUILDERS[case.stage]())
     result = _gate(case.stage, df, **case.ctx)
     assert not result.passed
     assert {c.name for c in result.failed} == {case.check, *case.also}, result.summary()
@@ -362,9 +418,18 @@ def test_suite_for_names_the_suite_and_its_checks(stage: str) -> None:
 
 
 def test_generate_tolerates_failures_within_the_success_rate() -> None:
-    df = _set([1, 2], response="")(_generate_rows())
-    df = df.drop(index=[5]).reset_index(drop=True)  # one failed request: 19 of 20 rows
+    # one empty response and one failed (missing) request: 18 of 20 requests succeeded
+    df = _set(1, response="")(_generate_rows()).head(19)
     assert _gate("generate", df).passed
+
+
+def test_quarantine_failure_names_the_quarantined_records() -> None:
+    quarantined = Quarantined(source="flan", origin="flan.jsonl:7", reason="empty", detail="no text")
+    result = _gate(
+        "ingest", _frame(_ingest_rows()), quarantined=2, quarantine_examples=[quarantined.model_dump()]
+    )
+    assert "quarantined within limit: 2 input records quarantined (expected <= 1)" in result.summary()
+    assert "e.g. flan.jsonl:7: empty" in result.summary()
 
 
 def test_annotate_skips_aspects_that_are_not_judged() -> None:
@@ -382,9 +447,7 @@ def test_annotate_without_critique_ignores_overall_score() -> None:
 def test_binarized_reports_why_a_chat_is_malformed() -> None:
     df = _set(2, chosen=_chat("Question 2?", "fine")[::-1])(_binarized_rows())
     result = _gate("binarized", df)
-    assert result.check("chosen is a chat").examples == ["message 0 has role 'assistant'"] or result.check(
-        "chosen is a chat"
-    ).examples == ["last message is not from the assistant"]
+    assert result.check("chosen is a chat").examples == ["last message is not from the assistant"]
 
 
 @pytest.mark.parametrize(
@@ -393,10 +456,18 @@ def test_binarized_reports_why_a_chat_is_malformed() -> None:
         ("just text", "not a list of messages"),
         ([{"role": "user", "content": "Q?"}], "fewer than 2 messages"),
         ([{"role": "user", "content": "Q?"}, "A"], "message 1 is not a mapping"),
-        ([{"role": "human", "content": "Q?"}, {"role": "assistant", "content": "A"}], "message 0 has role 'human'"),
-        ([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": None}], "message 1 has no text content"),
-        ([{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q?"}],
-         "last message is not from the assistant"),
+        (
+            [{"role": "human", "content": "Q?"}, {"role": "assistant", "content": "A"}],
+            "message 0 has role 'human'",
+        ),
+        (
+            [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": None}],
+            "message 1 has no text content",
+        ),
+        (
+            [{"role": "assistant", "content": "A"}, {"role": "user", "content": "Q?"}],
+            "last message is not from the assistant",
+        ),
         (_chat("Other?", "A"), "no user message equals the prompt"),
         (_chat("Q?", "A"), CHAT_OK),
     ],

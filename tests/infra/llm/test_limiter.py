@@ -21,7 +21,7 @@ def _offsets(limiter: RateLimiter, count: int, tokens: int = 0) -> list[float]:
 def test_burst_is_one_seconds_worth_not_a_minutes():
     offsets = _offsets(RateLimiter(600, None), 11)  # 10 per second
     assert max(offsets[:10]) < 0.05
-    assert offsets[10] == pytest.approx(0.1, abs=0.02)
+    assert offsets[10] == pytest.approx(0.1, abs=0.03)
 
 
 def test_small_rates_still_allow_one_request_at_once():
@@ -68,7 +68,7 @@ def test_acquire_sleeps_until_the_budget_covers_it():
         await asyncio.gather(*(limiter.acquire() for _ in range(30)))
         return time.monotonic() - start
 
-    assert 0.45 <= asyncio.run(go()) < 1.0
+    assert 0.45 <= asyncio.run(go()) < 1.5  # 10 beyond the burst at 20/s
 
 
 def test_penalize_pauses_every_caller_including_those_already_waiting():

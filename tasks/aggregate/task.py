@@ -1,0 +1,73 @@
+"""The Prefect task for the aggregate stage: Dask over the scored Parquet, results to the store."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from infra.dask_cluster import dask_client
+from infra.store import Store
+from tasks.aggregate.aggregate import aggregate
+from ultrafeedback.spec import Spec
+
+SCORED = "scored"
+AGGREGATE_JSON = "aggregate/aggregate.json"
+
+
+def _artifacts(result: dict[str, Any]) -> None:
+    """Stage tables in the Prefect UI (best effort: artifacts need a flow/task run context)."""
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(key="aggregate-statistics", table=[result["stats"]], description="Table 1 statistics row")
+        create_table_artifact(
+            key="aggregate-leaderboard", table=result["leaderboard"], description="Per-model leaderboard"
+        )
+        create_table_artifact(key="aggregate-sources", table=result["by_source"], description="Per source")
+        create_table_artifact(
+            key="aggregate-ratings",
+            table=result["rating_distribution"],
+            description="Rating distribution per aspect",
+        )
+        create_table_artifact(
+            key="aggregate-overall-score",
+            table=result["overall_histogram"],
+            description="overall_score histogram (floor of the score)",
+        )
+    except Exception:  # noqa: BLE001 - artifacts never fail a stage
+        pass
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run logger inside a Prefect run; the module logger when called directly (``.fn``)."""
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - MissingContextError outside a run
+        return logging.getLogger(__name__)
+
+
+@task(name="aggregate", cache_policy=NO_CACHE)
+def aggregate_task(spec: Spec) -> dict[str, Any]:
+    """Aggregate ``{store}/{dataset}/scored/*.parquet`` on the spec's Dask cluster.
+
+    Returns ``AggregateResult.to_dict()`` (JSON-able, what publish puts on the card) and writes it
+    to ``aggregate/aggregate.json`` in the store.
+    """
+    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    path = store.uri(SCORED) + "/*.parquet"
+    with dask_client(spec.execution.dask_address, spec.execution.dask_workers) as client:
+        result = aggregate(path, spec.execution.storage_options, client, pair_score=spec.pairs.score)
+    data = result.to_dict()
+    store.write_json(AGGREGATE_JSON, data)
+    _logger().info(
+        "aggregate: %d prompts, %d completions, %d pairs in %.1f s",
+        result.stats["prompts"],
+        result.stats["completions"],
+        result.stats["pairs"],
+        result.elapsed_s,
+    )
+    _artifacts(data)
+    return data

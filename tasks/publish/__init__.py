@@ -1,0 +1,29 @@
+"""Numbered, immutable Hugging Face dataset releases (DESIGN §1 step 8, §4)."""
+
+from tasks.publish.card import render_card, scrub, scrub_text
+from tasks.publish.publish import (
+    PublishedRelease,
+    ReleaseTables,
+    binarized_features,
+    completion_records,
+    completions_features,
+    list_releases,
+    pairs_features,
+    publish_release,
+    publish_to_hub,
+)
+
+__all__ = [
+    "PublishedRelease",
+    "ReleaseTables",
+    "binarized_features",
+    "completion_records",
+    "completions_features",
+    "list_releases",
+    "pairs_features",
+    "publish_release",
+    "publish_to_hub",
+    "render_card",
+    "scrub",
+    "scrub_text",
+]

@@ -1,0 +1,106 @@
+"""The Prefect task for the publish stage: a numbered release in the store, then other targets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from infra.store import Store
+from tasks.pairs.task import read_binarized_splits, read_pairs, read_scored
+from tasks.publish.publish import ReleaseTables, publish_release, publish_to_hub
+from ultrafeedback.spec import Spec
+
+HUB_TOKEN_ENV = "HF_TOKEN"
+
+
+def gate_rows(gates: dict[str, Any]) -> list[dict[str, Any]]:
+    """Gate results as card rows, without run-specific fields (durations), so the card - and with
+    it the release's content hash - is the same for a rerun on the same data."""
+    rows = []
+    for stage, result in gates.items():
+        checks = result.get("checks", [])
+        failed = [c.get("name", "?") for c in checks if not c.get("passed")]
+        rows.append(
+            {
+                "gate": stage,
+                "passed": bool(result.get("passed")),
+                "checks": len(checks),
+                "failed": ", ".join(failed) or "-",
+                "rows": result.get("row_count"),
+            }
+        )
+    return rows
+
+
+def card_info_for(spec: Spec, gates: dict[str, Any]) -> dict[str, Any]:
+    """What the card shows about the spec. The spec dump leaves out store, publish and execution
+    (where data lives, not what it is: the same exclusions as ``spec_hash``); secret-named keys are
+    redacted by publish anyway."""
+    return {
+        "spec_hash": spec.spec_hash(),
+        "judge": spec.judge.model_dump(mode="json", exclude={"price"}),
+        "gates": gate_rows(gates),
+        "pairs_score": spec.pairs.score,
+        "binarize_rule": spec.binarize.rule,
+        "spec": spec.model_dump(mode="json", exclude={"store", "publish", "execution"}),
+    }
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run logger inside a Prefect run; the module logger when called directly (``.fn``)."""
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - MissingContextError outside a run
+        return logging.getLogger(__name__)
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish_task(
+    spec: Spec, aggregated: dict[str, Any] | None, gates: dict[str, Any], summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Publish the release to the store (always: it is the source of truth), then to each other
+    target of ``spec.publish.targets``. Returns the store release's uri, version and manifest."""
+    logger = _logger()
+    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    tables = ReleaseTables(
+        scored=read_scored(store),
+        pairs=read_pairs(store),
+        binarized=read_binarized_splits(store),
+        aggregate=aggregated,
+    )
+    card_info = card_info_for(spec, gates)
+    extra = {"gate_results": gates, "build": summary}
+    shard_rows = spec.publish.max_shard_rows
+    release = publish_release(store, spec.name, tables, extra, card_info, max_shard_rows=shard_rows)
+    logger.info("publish: v%d at %s (%s)", release.version, release.uri, "new" if release.created else "unchanged")
+    targets: list[dict[str, Any]] = []
+    for target in spec.publish.targets:
+        if target.kind == "store":
+            continue
+        if target.kind in ("local", "s3"):
+            if not target.uri:
+                raise ValueError(f"publish target of kind {target.kind!r} needs a `uri`")
+            other = publish_release(store, spec.name, tables, extra, card_info, target.uri, max_shard_rows=shard_rows)
+            targets.append({"kind": target.kind, "uri": other.uri, "version": other.version})
+        elif target.kind == "hub":
+            if not target.uri:
+                raise ValueError("publish target of kind 'hub' needs a `uri` (the repo id)")
+            url = publish_to_hub(
+                release.uri,
+                target.uri,
+                token=os.environ.get(HUB_TOKEN_ENV),
+                private=target.private,
+                storage_options=store.storage_options,
+            )
+            targets.append({"kind": "hub", "uri": url, "version": release.version})
+    return {
+        "uri": release.uri,
+        "version": release.version,
+        "created": release.created,
+        "content_hash": release.manifest.get("content_hash"),
+        "targets": targets,
+    }

@@ -1,0 +1,368 @@
+"""The OpenAI-compatible backend against the project's simulator: success, each failure reason,
+retries, Retry-After, concurrency bounds, the shared limiter and key hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+import uuid
+from email.utils import formatdate
+
+import pytest
+
+from infra.llm.base import LLMRequest, LLMResult
+from infra.llm.limiter import RateLimiter, get_limiter
+from infra.llm.openai_compat import (
+    MissingAPIKeyError,
+    OpenAICompatBackend,
+    backend_from_endpoint,
+    estimate_tokens,
+    parse_retry_after,
+    request_body,
+)
+from infra.simulator import Simulator, SimulatorConfig
+from infra.simulator.content import generation_reply
+from ultrafeedback.spec import Endpoint
+
+SECRET = "sk-test-DO-NOT-LEAK-4f1c9e"
+
+
+def chat_request(i: int = 0, model: str = "sim-model", **sampling) -> LLMRequest:
+    return LLMRequest(
+        key=f"k{i}",
+        model=model,
+        messages=[
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": f"Explain how volcanoes form, case {i}."},
+        ],
+        sampling=sampling,
+    )
+
+
+def backend(url: str, **overrides: object) -> OpenAICompatBackend:
+    settings = {
+        "name": "sim",
+        "base_url": url,
+        "api_key": None,
+        "max_in_flight": 16,
+        "timeout_s": 10.0,
+        "max_retries": 3,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "limiter": None,
+    }
+    settings.update(overrides)
+    return OpenAICompatBackend(**settings)
+
+
+def run(b: OpenAICompatBackend, requests: list[LLMRequest]) -> dict[str, LLMResult]:
+    results: list[LLMResult] = []
+    b.run(requests, results.append)
+    assert len(results) == len(requests)
+    return {r.key: r for r in results}
+
+
+def run_one(b: OpenAICompatBackend, request: LLMRequest | None = None) -> LLMResult:
+    request = request or chat_request()
+    return run(b, [request])[request.key]
+
+
+# ----------------------------------------------------------------------------- success
+def test_chat_request_returns_the_text_usage_and_finish_reason():
+    with Simulator(SimulatorConfig(seed=5)) as sim:
+        result = run_one(backend(sim.url), chat_request(max_tokens=400))
+        assert sim.stats()["by_endpoint"] == {"chat": 1}
+    expected, finish = generation_reply(
+        "Explain how volcanoes form, case 0.", "You are helpful.", 5, "sim-model", 400
+    )
+    assert result.ok and result.reason is None and result.attempts == 1
+    assert result.text == expected and result.finish_reason == finish == "stop"
+    assert result.input_tokens == 9 and result.output_tokens == len(expected.split())
+    assert result.latency_s > 0
+
+
+def test_prompt_request_goes_to_completions():
+    request = LLMRequest(key="p", model="base-model", prompt="Tell me about comets.")
+    with Simulator(SimulatorConfig()) as sim:
+        result = run_one(backend(sim.url), request)
+        assert sim.stats()["by_endpoint"] == {"completions": 1}
+    assert result.ok and "comets" in result.text.lower()
+
+
+def test_a_length_finish_is_passed_through_not_an_error():
+    with Simulator(SimulatorConfig()) as sim:
+        result = run_one(backend(sim.url), chat_request(max_tokens=3))
+    assert result.ok and result.finish_reason == "length" and len(result.text.split()) == 3
+
+
+def test_sampling_keys_map_to_the_body_and_unknown_or_unset_ones_are_dropped():
+    request = LLMRequest(
+        key="k",
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        sampling={
+            "temperature": 0.0, "top_p": 0.6, "max_tokens": 500, "stop": ["\n\n"], "presence_penalty": 0.0,
+            "frequency_penalty": 0.1, "seed": 3, "best_of": 4, "logit_bias": None,
+        },
+    )  # fmt: skip
+    path, body = request_body(request)
+    assert path == "chat/completions"
+    assert body == {
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.0, "top_p": 0.6,
+        "max_tokens": 500, "stop": ["\n\n"], "presence_penalty": 0.0, "frequency_penalty": 0.1, "seed": 3,
+    }  # fmt: skip
+
+
+def test_token_estimate_is_a_quarter_of_the_characters_plus_max_tokens():
+    request = LLMRequest(
+        key="k", model="m", messages=[{"role": "user", "content": "x" * 400}], sampling={"max_tokens": 50}
+    )
+    assert estimate_tokens(request) == 150
+
+
+def test_a_request_without_messages_or_prompt_fails_without_a_call():
+    with Simulator(SimulatorConfig()) as sim:
+        result = run_one(backend(sim.url), LLMRequest(key="empty", model="m"))
+        assert sim.stats()["total"] == 0
+    assert result.reason == "invalid_request" and not result.ok
+
+
+# ----------------------------------------------------------------------------- retries
+def test_429_is_retried_after_the_servers_retry_after():
+    with Simulator(SimulatorConfig(rate_429=1.0, max_faults_per_body=1, retry_after_s=0.5)) as sim:
+        result = run_one(backend(sim.url))
+        stats = sim.stats()
+    assert result.ok and result.attempts == 2
+    assert result.latency_s >= 0.5  # backoff alone is at most 0.05 s here
+    assert stats["faults"] == {"429": 1} and stats["total"] == 2
+
+
+def test_503_retry_after_is_honoured():
+    with Simulator(SimulatorConfig(retry_after_s=0.4)) as sim:
+        start = time.monotonic()
+        result = run_one(backend(sim.url, max_retries=1), chat_request(model="force-503"))
+        elapsed = time.monotonic() - start
+    assert result.reason == "http_503" and result.attempts == 2
+    assert elapsed >= 0.4  # backoff alone is at most 0.05 s here
+
+
+def test_429_pauses_the_other_requests_of_the_endpoint_too():
+    limiter = RateLimiter(None, None)
+    with Simulator(SimulatorConfig(rate_429=1.0, retry_after_s=0.6)) as sim:
+        b = backend(sim.url, limiter=limiter, max_retries=0)
+        assert run_one(b, chat_request(0)).reason == "http_429"  # penalizes the shared limiter
+        sim.update(rate_429=0.0)
+        start = time.monotonic()
+        assert run_one(b, chat_request(1)).ok
+        elapsed = time.monotonic() - start
+    assert elapsed >= 0.45  # it waited out the pause before its first try
+
+
+def test_429_after_the_retries_are_spent_is_reason_http_429():
+    with Simulator(SimulatorConfig(rate_429=1.0, retry_after_s=0.01)) as sim:
+        result = run_one(backend(sim.url, max_retries=2))
+        assert sim.stats()["total"] == 3
+    assert result.reason == "http_429" and result.attempts == 3 and not result.ok
+    assert "429" in result.error
+
+
+def test_500_is_retried_and_succeeds():
+    with Simulator(SimulatorConfig(rate_500=1.0, max_faults_per_body=2)) as sim:
+        result = run_one(backend(sim.url))
+    assert result.ok and result.attempts == 3
+
+
+def test_500_after_the_retries_are_spent_is_reason_http_500():
+    with Simulator(SimulatorConfig(rate_500=1.0)) as sim:
+        result = run_one(backend(sim.url, max_retries=1))
+        assert sim.stats()["total"] == 2
+    assert result.reason == "http_500" and result.attempts == 2 and result.text is None
+
+
+def test_timeouts_are_retried_then_reason_timeout():
+    with Simulator(SimulatorConfig(rate_timeout=1.0, timeout_sleep_s=5.0)) as sim:
+        start = time.monotonic()
+        result = run_one(backend(sim.url, timeout_s=0.2, max_retries=1))
+        elapsed = time.monotonic() - start
+        assert sim.stats()["faults"] == {"timeout": 2}
+    assert result.reason == "timeout" and result.attempts == 2
+    assert elapsed < 4.0  # did not sit out the server's 5 s hang
+
+
+def test_malformed_bodies_are_retried_then_reason_malformed_response():
+    with Simulator(SimulatorConfig(rate_malformed=1.0)) as sim:
+        result = run_one(backend(sim.url, max_retries=2))
+        assert sim.stats()["total"] == 3
+    assert result.reason == "malformed_response" and result.attempts == 3
+
+
+def test_connection_errors_are_retried_then_reason_connection():
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_one(backend(f"http://127.0.0.1:{port}/v1", max_retries=2))
+    assert result.reason == "connection" and result.attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"),
+    [(400, 1), (401, 1), (404, 1), (422, 1), (408, 3), (409, 3), (502, 3), (503, 3)],
+)
+def test_which_statuses_are_retried(status, attempts):
+    with Simulator(SimulatorConfig(retry_after_s=0.01)) as sim:
+        result = run_one(backend(sim.url, max_retries=2), chat_request(model=f"force-{status}"))
+        assert sim.stats()["total"] == attempts
+    assert result.reason == f"http_{status}" and result.attempts == attempts
+
+
+def test_retry_after_parses_seconds_and_http_dates():
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after(formatdate(time.time() + 30, usegmt=True)) == pytest.approx(30, abs=1.5)
+    assert parse_retry_after(formatdate(time.time() - 30, usegmt=True)) == 0.0
+    assert parse_retry_after("-3") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("999999") == 900.0
+
+
+# ----------------------------------------------------------------------------- concurrency and rates
+def test_max_in_flight_bounds_what_the_server_sees():
+    with Simulator(SimulatorConfig(latency_ms=40)) as sim:
+        results = run(backend(sim.url, max_in_flight=4), [chat_request(i) for i in range(30)])
+        stats = sim.stats()
+    assert all(r.ok for r in results.values())
+    assert stats["max_in_flight"] == 4
+
+
+def test_requests_per_minute_pace_the_calls():
+    limiter = RateLimiter(600, None)  # 10/s with a burst of 10
+    with Simulator(SimulatorConfig()) as sim:
+        start = time.monotonic()
+        results = run(backend(sim.url, limiter=limiter), [chat_request(i) for i in range(20)])
+        elapsed = time.monotonic() - start
+    assert all(r.ok for r in results.values())
+    assert 0.9 <= elapsed < 2.5  # 10 beyond the burst at 10/s
+
+
+def test_threads_sharing_an_endpoint_limiter_share_its_budget():
+    name = f"sim-{uuid.uuid4().hex}"
+    with Simulator(SimulatorConfig()) as sim:
+        shared = backend(sim.url, limiter=get_limiter(name, 1200, None))  # 20/s, burst 20
+        private = backend(sim.url, limiter=get_limiter(name, 1200, None))  # same endpoint, other shard
+        outcomes: list[bool] = []
+
+        def shard(b: OpenAICompatBackend, offset: int) -> None:
+            results = run(b, [chat_request(offset + i) for i in range(20)])
+            outcomes.extend(r.ok for r in results.values())
+
+        threads = [
+            threading.Thread(target=shard, args=(b, 100 * t)) for t, b in enumerate((shared, shared, private))
+        ]
+        start = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - start
+        assert sim.stats()["total"] == 60
+    assert outcomes == [True] * 60
+    assert elapsed >= 1.9  # 60 requests, 40 beyond the shared burst at 20/s
+
+
+def test_run_works_when_called_from_inside_an_event_loop():
+    with Simulator(SimulatorConfig()) as sim:
+        b = backend(sim.url)
+
+        async def caller() -> LLMResult:
+            return run_one(b)
+
+        assert asyncio.run(caller()).ok
+
+
+def test_an_error_in_on_result_propagates_to_the_caller():
+    def explode(result: LLMResult) -> None:
+        raise OSError("checkpoint write failed")
+
+    with Simulator(SimulatorConfig()) as sim, pytest.raises(OSError, match="checkpoint"):
+        backend(sim.url).run([chat_request(i) for i in range(5)], explode)
+
+
+# ----------------------------------------------------------------------------- keys
+def test_the_key_is_sent_as_a_bearer_token():
+    with Simulator(SimulatorConfig(api_key=SECRET)) as sim:
+        assert run_one(backend(sim.url, api_key=SECRET)).ok
+        assert sim.stats()["with_auth"] == 1
+
+
+def test_no_authorization_header_without_a_key():
+    with Simulator(SimulatorConfig()) as sim:
+        assert run_one(backend(sim.url)).ok
+        assert sim.stats()["with_auth"] == 0
+
+
+def test_the_key_never_appears_in_results_errors_reprs_or_logs(caplog):
+    caplog.set_level(logging.DEBUG, logger="infra.llm.openai_compat")
+    with Simulator(SimulatorConfig(api_key="sk-the-right-one")) as sim:
+        b = backend(sim.url, api_key=SECRET, max_retries=0)
+        result = run_one(b)
+    assert result.reason == "http_401"
+    assert "Incorrect API key provided: ***" in result.error  # the server echoed it; we scrubbed it
+    for text in (result.error, repr(result), repr(b), str(vars(b)), caplog.text):
+        assert SECRET not in text
+
+
+def test_backend_from_endpoint_reads_the_key_from_the_environment(monkeypatch):
+    monkeypatch.setenv("UF_TEST_KEY", SECRET)
+    with Simulator(SimulatorConfig(api_key=SECRET)) as sim:
+        endpoint = Endpoint(
+            base_url=sim.url, api_key_env="UF_TEST_KEY", requests_per_minute=6000, max_in_flight=3
+        )
+        b = backend_from_endpoint(f"ep-{uuid.uuid4().hex}", endpoint)
+        assert run_one(b).ok
+    assert b.max_in_flight == 3 and b.limiter.requests_per_minute == 6000
+    assert SECRET not in repr(b)
+
+
+def test_backend_from_endpoint_names_the_missing_variable(monkeypatch):
+    monkeypatch.delenv("UF_TEST_MISSING_KEY", raising=False)
+    endpoint = Endpoint(base_url="http://127.0.0.1:9/v1", api_key_env="UF_TEST_MISSING_KEY")
+    with pytest.raises(MissingAPIKeyError, match="UF_TEST_MISSING_KEY"):
+        backend_from_endpoint("openai", endpoint)
+
+
+def test_backend_from_endpoint_reads_a_prefect_secret_block(monkeypatch):
+    from prefect.blocks.system import Secret
+
+    loaded: list[str] = []
+
+    def fake_load(name: str, *args, **kwargs) -> Secret:
+        loaded.append(name)
+        return Secret(value=SECRET)
+
+    monkeypatch.setattr(Secret, "load", fake_load)
+    with Simulator(SimulatorConfig(api_key=SECRET)) as sim:
+        b = backend_from_endpoint("ep-block", Endpoint(base_url=sim.url, api_key_block="openai-key"))
+        assert run_one(b).ok
+    assert loaded == ["openai-key"]
+
+
+def test_backend_from_endpoint_names_the_missing_block(monkeypatch):
+    from prefect.blocks.system import Secret
+
+    def fake_load(name: str, *args, **kwargs) -> Secret:
+        raise ValueError(f"Unable to find block document named {name}")
+
+    monkeypatch.setattr(Secret, "load", fake_load)
+    with pytest.raises(MissingAPIKeyError, match="openai-key"):
+        backend_from_endpoint(
+            "ep-block", Endpoint(base_url="http://127.0.0.1:9/v1", api_key_block="openai-key")
+        )
+
+
+def test_an_endpoint_without_a_key_source_sends_no_key():
+    b = backend_from_endpoint("local-vllm", Endpoint(base_url="http://127.0.0.1:9/v1"))
+    assert "api_key=None" in repr(b)
