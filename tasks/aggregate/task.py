@@ -18,7 +18,12 @@ AGGREGATE_JSON = "aggregate/aggregate.json"
 
 
 def _artifacts(result: dict[str, Any]) -> None:
-    """Stage tables in the Prefect UI (best effort: artifacts need a flow/task run context)."""
+    """Stage tables in the Prefect UI (best effort; only inside a run, where there is a UI to show
+    them: outside one, Prefect would start a temporary server just to store them)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return
     try:
         from prefect.artifacts import create_table_artifact
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from json.encoder import encode_basestring as _json_str
 from typing import Any, Literal
@@ -44,6 +45,14 @@ pairs with the same rule, so its pair count equals ``len(build_pairs(...))``."""
 
 SPLITS: tuple[str, str] = ("train_prefs", "test_prefs")
 
+EXCLUDED, FEWER_THAN_TWO, ALL_TIED, IDENTICAL = (
+    "excluded_source",
+    "fewer_than_2_scored",
+    "all_tied",
+    "identical_completions",
+)
+"""Why ``binarize`` leaves an instruction out (counted in its ``dropped`` argument)."""
+
 _PAIR_COLUMNS = ["instruction_id", "source", "instruction", "completion_id", "model", "response"]
 
 
@@ -52,18 +61,21 @@ def score_key(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").astype("float64").round(TIE_DECIMALS)
 
 
-def latest_rows(scored: pd.DataFrame) -> pd.DataFrame:
+def latest_rows(scored: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per completion id (the last one, as the store's readers do), in slot order.
 
     Sorting by (instruction_id, position, completion_id) makes every product independent of the
-    order in which stage parts were written or read.
+    order in which stage parts were written or read. The order is computed on the key columns and
+    applied in one take of the wanted ``columns`` (all by default): moving long text columns is
+    what costs time at 256k rows.
     """
+    wanted = list(scored.columns if columns is None else dict.fromkeys([*columns, "completion_id"]))
     if scored.empty:
-        return scored
-    frame = scored.drop_duplicates("completion_id", keep="last")
-    return frame.sort_values(["instruction_id", "position", "completion_id"], kind="stable").reset_index(
-        drop=True
-    )
+        return scored[wanted]
+    keys = scored[["completion_id", "instruction_id", "position"]].reset_index(drop=True)
+    keys = keys[~keys["completion_id"].duplicated(keep="last")]
+    order = keys.sort_values(["instruction_id", "position", "completion_id"], kind="stable").index.to_numpy()
+    return scored[wanted].take(order).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- all non-tied pairs
@@ -81,7 +93,7 @@ def build_pairs(scored: pd.DataFrame, score: ScoreKind = "fine_grained") -> list
     if score not in SCORE_COLUMNS:
         raise ValueError(f"score must be one of {sorted(SCORE_COLUMNS)}, got {score!r}")
     column = SCORE_COLUMNS[score]
-    frame = latest_rows(scored)
+    frame = latest_rows(scored, [*_PAIR_COLUMNS, column])
     if frame.empty:
         return []
     scores = pd.to_numeric(frame[column], errors="coerce").astype("float64")
@@ -167,13 +179,13 @@ def _as_float(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
-def _pick_h4(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | None:
+def _pick_h4(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | str:
     """H4 (§6.2): chosen = first max overall_score in slot order; rejected = uniform among the
     completions whose (score, response, model) differs from chosen. That is exactly the distribution
     of H4's ``random.choice`` resampled until the tuple differs; ties are NOT dropped."""
     scored = [c for c in completions if c["score"] is not None]
     if len(scored) < 2:
-        return None
+        return FEWER_THAN_TWO
     chosen = scored[0]
     for candidate in scored[1:]:
         if candidate["score"] > chosen["score"]:  # strict: the first max wins, as Python's max()
@@ -181,21 +193,21 @@ def _pick_h4(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dic
     signature = (chosen["score"], chosen["response"], chosen["model"])
     others = [c for c in scored if (c["score"], c["response"], c["model"]) != signature]
     if not others:
-        return None
+        return IDENTICAL
     return chosen, rng.choice(others)
 
 
-def _pick_argilla(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | None:
+def _pick_argilla(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | str:
     """Argilla (§6.3): chosen = best mean aspect rating (first in slot order); rejected = uniform
     among strictly lower-rated completions; an instruction with none lower (all tied) is dropped."""
     scored = [c for c in completions if c["score"] is not None]
     if len(scored) < 2:
-        return None
+        return FEWER_THAN_TWO
     best = max(c["key"] for c in scored)
     chosen = next(c for c in scored if c["key"] == best)
     lower = [c for c in scored if c["key"] < best]
     if not lower:
-        return None
+        return ALL_TIED
     return chosen, rng.choice(lower)
 
 
@@ -204,6 +216,7 @@ def binarize(
     rule: Rule = "h4",
     seed: int = 42,
     exclude_sources: Iterable[str] = (),
+    dropped: Counter[str] | None = None,
 ) -> list[dict[str, Any]]:
     """One chosen/rejected row per instruction, in TRL's conversational preference format.
 
@@ -217,16 +230,23 @@ def binarize(
     Row fields: prompt, prompt_id (sha256 of the prompt), chosen, rejected, messages (= chosen),
     score_chosen, score_rejected, chosen_model, rejected_model, source, and for lineage
     instruction_id, chosen_id, rejected_id. Rows are ordered by instruction id.
+
+    Nothing is dropped silently: pass a ``Counter`` as ``dropped`` to get the instructions left out
+    by reason (``excluded_source``, ``fewer_than_2_scored``, ``all_tied`` for Argilla,
+    ``identical_completions`` for H4).
     """
     if rule not in ("h4", "argilla"):
         raise ValueError(f"rule must be 'h4' or 'argilla', got {rule!r}")
-    frame = latest_rows(scored)
+    column = SCORE_COLUMNS["overall" if rule == "h4" else "fine_grained"]
     excluded = set(exclude_sources)
+    dropped = Counter() if dropped is None else dropped
+    if excluded:
+        out = scored["source"].isin(excluded)
+        dropped[EXCLUDED] += int(scored.loc[out, "instruction_id"].nunique())
+        scored = scored[~out]
+    frame = latest_rows(scored, [*_PAIR_COLUMNS, column])
     if frame.empty:
         return []
-    if excluded:
-        frame = frame[~frame["source"].isin(excluded)]
-    column = SCORE_COLUMNS["overall" if rule == "h4" else "fine_grained"]
     scores = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame = frame.assign(_score=scores, _key=score_key(scores))
     pick = _pick_h4 if rule == "h4" else _pick_argilla
@@ -258,7 +278,8 @@ def binarize(
         start = end
         rng = random.Random(seeded_int(seed, "binarize", rule, instruction))
         picked = pick(group, rng)
-        if picked is None:
+        if isinstance(picked, str):
+            dropped[picked] += 1
             continue
         chosen, rejected = picked
         chosen_messages = _messages(prompt, chosen["response"])

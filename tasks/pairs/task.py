@@ -6,6 +6,7 @@ function of the scored table), ``binarized/{train_prefs,test_prefs}.parquet`` th
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -56,7 +57,8 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     scored = read_scored(store)
     pairs = build_pairs(scored, spec.pairs.score)
     store.results(PAIRS, Pair, key="pair_id").replace(pairs)
-    rows = binarize(scored, spec.binarize.rule, spec.binarize.seed, spec.binarize.exclude_sources)
+    dropped: Counter[str] = Counter()
+    rows = binarize(scored, spec.binarize.rule, spec.binarize.seed, spec.binarize.exclude_sources, dropped)
     splits = split_binarized(rows, spec.binarize.test_size, spec.binarize.seed)
     schema = binarized_features().arrow_schema
     for split, split_rows in splits.items():
@@ -65,4 +67,5 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
         "pairs": len(pairs),
         "binarized": len(rows),
         "splits": {split: len(split_rows) for split, split_rows in splits.items()},
+        "binarize_dropped": dict(sorted(dropped.items())),
     }

@@ -223,7 +223,9 @@ def render_card(
 
     out.append("## Configs\n")
     config_rows = [
-        {"config": name, "split": split, "rows": n} for name, splits in counts.items() for split, n in splits.items()
+        {"config": name, "split": split, "rows": n if n else "0 (empty: no file, not declared)"}
+        for name, splits in counts.items()
+        for split, n in splits.items()
     ]
     out.append(markdown_table(config_rows) + "\n")
     out.append(
@@ -243,7 +245,9 @@ def render_card(
     out.append(
         "```python\nfrom datasets import load_dataset\n\n"
         f'prefs = load_dataset("{uri_hint}", name="binarized", split="train_prefs")\n'
-        f'completions = load_dataset("{uri_hint}", name="completions", split="train")\n```\n'
+        f'completions = load_dataset("{uri_hint}", name="completions", split="train")\n'
+        f'# a copy on the Hub is tagged per release: load_dataset(REPO_ID, name=..., revision="v{version}")\n'
+        "```\n"
     )
 
     if stats:
@@ -287,8 +291,11 @@ def render_card(
     judge = card_info.get("judge")
     if judge:
         out.append("Configured judge:\n\n```json\n" + json.dumps(judge, indent=2, sort_keys=True) + "\n```\n")
-    out.append("Who rated the completions in this release:\n\n")
-    out.append(markdown_table(list(judges), ["judge_model", "judge_kind", "completions"]) + "\n")
+    out.append(
+        "Who rated the completions in this release:\n\n"
+        + markdown_table(list(judges), ["judge_model", "judge_kind", "completions"])
+        + "\n"
+    )
 
     gates = card_info.get("gates")
     out.append("## Quality gates\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -216,6 +217,21 @@ def test_argilla_uses_mean_rating_and_drops_ties() -> None:
     for seed in range(10):
         for row in binarize(scored, "argilla", seed=seed):
             assert row["score_chosen"] > row["score_rejected"]
+
+
+def test_dropped_instructions_are_counted_by_reason() -> None:
+    rows = [_row("tq", p, 3, 5 + p, source="truthful_qa") for p in range(2)]
+    rows += [_row("one", 0, 3, 5)]
+    rows += [_row("tied", p, 4.0, 6) for p in range(3)]
+    rows += [_row("same", p, 3, 7, model="m-x", response="same") for p in range(2)]
+    rows += [_row("ok", p, 1.0 + p, 1.0 + p) for p in range(2)]
+    frame = pd.DataFrame(rows)
+    h4: Counter[str] = Counter()
+    assert [r["instruction_id"] for r in binarize(frame, "h4", 1, ["truthful_qa"], h4)] == ["ok", "tied"]
+    assert h4 == {"excluded_source": 1, "fewer_than_2_scored": 1, "identical_completions": 1}
+    argilla: Counter[str] = Counter()
+    assert [r["instruction_id"] for r in binarize(frame, "argilla", 1, ["truthful_qa"], argilla)] == ["ok"]
+    assert argilla == {"excluded_source": 1, "fewer_than_2_scored": 1, "all_tied": 2}
 
 
 def test_unknown_rule_is_rejected() -> None:
