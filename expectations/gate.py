@@ -11,6 +11,7 @@ a gate runs once per stage, so this never bottlenecks a run.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -63,6 +64,9 @@ def get_context() -> AbstractDataContext:
             os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
             import great_expectations as gx
             from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            # GX logs an INFO line per ephemeral context ("Created temporary directory ...")
+            logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False)

@@ -159,6 +159,10 @@ def load_model(location: WeightsLocation) -> _Loaded:
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as exc:  # pragma: no cover - check_installed() normally catches this first
             raise EmbeddedUnavailableError(f"the embedded backend cannot import {exc.name}: {INSTALL_HINT}") from exc
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the CLI shows its own per-stage bars
+        hf_logging.set_verbosity_error()
         torch.set_num_threads(os.cpu_count() or 1)  # the load itself (de-quantising) uses every core
         kwargs: dict[str, Any] = {"local_files_only": True}
         if location.gguf_file:
