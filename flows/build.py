@@ -14,25 +14,19 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
-from prefect import flow, get_run_logger, task, unmapped
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.progress import stage_bar
-from infra.store import Store, rows_table
-from tasks.common import INSTRUCTIONS, REQUESTS, read_instructions, read_requests
+from infra.store import Store
+from tasks.common import read_instructions, read_requests, read_scored, store_for
 from ultrafeedback.records import (
     AspectAnnotation,
     Completion,
     CompletionRequest,
     Critique,
-    Instruction,
-    Quarantined,
-    ScoredCompletion,
 )
 from ultrafeedback.spec import Spec, load_spec, validate_dict
-
-SCORED = "scored"
 
 
 class BuildSummary:
@@ -100,10 +94,6 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-def _store(spec: Spec) -> Store:
-    return Store(spec.store, spec.name, spec.execution.storage_options)
-
-
 def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any, **facts: Any) -> None:
     """Run the stage's suite on its rows (records or a DataFrame); record the result; stop the run
     when it fails."""
@@ -132,67 +122,6 @@ def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any
     enforce(result)
 
 
-# --------------------------------------------------------------------------- stage tasks
-
-
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(spec: Spec) -> dict[str, Any]:
-    from tasks.ingest.ingest import ingest
-
-    store = _store(spec)
-    result = ingest(spec)
-    store.results(INSTRUCTIONS, Instruction, key="id").replace(result.instructions)
-    store.results("quarantine", Quarantined).replace(result.quarantined)
-    store.results("dropped", Quarantined).replace(result.dropped)
-    store.write_json("ingest/stats.json", result.stats)
-    return {
-        "instructions": len(result.instructions),
-        "quarantined": len(result.quarantined),
-        "dropped": len(result.dropped),
-        "quarantine_examples": [q.model_dump() for q in result.quarantined[:5]],
-    }
-
-
-@task(name="assign", cache_policy=NO_CACHE)
-def assign_task(spec: Spec) -> dict[str, Any]:
-    from tasks.assign.assign import assign, shard_instructions
-
-    store = _store(spec)
-    instructions = sorted(read_instructions(store).values(), key=lambda i: (i.source, i.id))
-    shard_of = shard_instructions(instructions, spec.execution.shard_size)
-    requests = assign(instructions, spec, shard_of)
-    store.delete(REQUESTS)
-    by_shard: dict[int, list[CompletionRequest]] = {}
-    for request in requests:
-        by_shard.setdefault(request.shard, []).append(request)
-    log = store.results(REQUESTS, CompletionRequest, key="request_id")
-    for shard, rows in sorted(by_shard.items()):
-        store.write_table(f"{REQUESTS}/shard-{shard:05d}.parquet", rows_table(rows, log.model))
-    return {"requests": len(requests), "shards": sorted(by_shard)}
-
-
-@task(name="score", cache_policy=NO_CACHE)
-def score_task(spec: Spec) -> int:
-    from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, build_scored
-    from tasks.generate.generate import STAGE as COMPLETIONS
-
-    store = _store(spec)
-    requests = read_requests(store)
-    completions = {
-        c["request_id"]: Completion(**c) for c in store.results(COMPLETIONS, Completion, key="request_id").rows()
-    }
-    annotations = {
-        a["annotation_key"]: AspectAnnotation(**a)
-        for a in store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key").rows()
-    }
-    critiques = {
-        c["critique_key"]: Critique(**c) for c in store.results(CRITIQUES, Critique, key="critique_key").rows()
-    }
-    rows = build_scored(spec, read_instructions(store), requests, completions, annotations, critiques)
-    store.results(SCORED, ScoredCompletion, key="completion_id").replace(rows)
-    return len(rows)
-
-
 # --------------------------------------------------------------------------- the flow
 
 
@@ -206,12 +135,17 @@ def _pending_generation(store: Store, requests: list[CompletionRequest]) -> list
 def run_build(spec: Spec) -> str:
     """Run every stage of ``spec`` and return the published release's URI."""
     from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, plan_jobs
-    from tasks.annotate.task import annotate_shard_task
+    from tasks.annotate.task import annotate_shard_task, score_task
+    from tasks.assign.task import assign_task
     from tasks.generate.generate import STAGE as COMPLETIONS
     from tasks.generate.task import generate_shard_task
+    from tasks.ingest.task import ingest_task
 
+    from tasks.assign.assign import prompt_format_versions
+
+    prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     logger = get_run_logger()
-    store = _store(spec)
+    store = store_for(spec)
     summary = BuildSummary()
     allowed_models = [m.id for m in spec.models]
     k = spec.completions_per_instruction
@@ -277,7 +211,7 @@ def run_build(spec: Spec) -> str:
             reports = annotate_shard_task.map(unmapped(spec), sorted(todo)).result() if todo else []
         summary.add_reports(reports)
         scored_count = score_task(spec)
-        scored = store.results(SCORED, ScoredCompletion, key="completion_id").read().to_pandas()
+        scored = read_scored(store)
         summary.counts["scored_completions"] = scored_count
         _gate(
             spec,

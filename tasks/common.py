@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.store import Store
-from ultrafeedback.records import CompletionRequest, Instruction
+from ultrafeedback.records import CompletionRequest, Instruction, ScoredCompletion
+from ultrafeedback.spec import Spec
 
 INSTRUCTIONS = "instructions"
 REQUESTS = "requests"
+SCORED = "scored"
+
+
+def store_for(spec: Spec) -> Store:
+    """The spec's dataset folder in its store."""
+    return Store(spec.store, spec.name, spec.execution.storage_options)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run logger inside a Prefect run; the module logger when called directly (``.fn``)."""
+    from prefect import get_run_logger
+
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - MissingContextError outside a run
+        return logging.getLogger("ultrafeedback")
+
+
+def read_scored(store: Store) -> pd.DataFrame:
+    """The scored completions (one row per completion id)."""
+    return store.results(SCORED, ScoredCompletion, key="completion_id").read().to_pandas()
 
 
 def filter_in(table: pa.Table, column: str, values: Iterable[str]) -> pa.Table:

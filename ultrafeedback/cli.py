@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             from ultrafeedback.spec import load_spec
 
             spec = load_spec(args.spec, args.overrides)
+            from tasks.assign.assign import prompt_format_versions
+
+            prompt_format_versions(spec)
             print(
                 f"{args.spec}: valid spec {spec.name!r}: {len(spec.sources)} sources, {len(spec.models)} models, "
                 f"k={spec.completions_per_instruction}, judge {spec.judge.backend}:{spec.judge.model}"

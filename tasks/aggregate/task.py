@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.dask_cluster import dask_client
-from infra.store import Store
 from tasks.aggregate.aggregate import aggregate
+from tasks.common import SCORED, run_logger, store_for
 from ultrafeedback.spec import Spec
 
-SCORED = "scored"
 AGGREGATE_JSON = "aggregate/aggregate.json"
 
 
@@ -46,14 +44,6 @@ def _artifacts(result: dict[str, Any]) -> None:
         pass
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The run logger inside a Prefect run; the module logger when called directly (``.fn``)."""
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - MissingContextError outside a run
-        return logging.getLogger(__name__)
-
-
 @task(name="aggregate", cache_policy=NO_CACHE)
 def aggregate_task(spec: Spec) -> dict[str, Any]:
     """Aggregate ``{store}/{dataset}/scored/*.parquet`` on the spec's Dask cluster.
@@ -61,13 +51,13 @@ def aggregate_task(spec: Spec) -> dict[str, Any]:
     Returns ``AggregateResult.to_dict()`` (JSON-able, what publish puts on the card) and writes it
     to ``aggregate/aggregate.json`` in the store.
     """
-    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    store = store_for(spec)
     path = store.uri(SCORED) + "/*.parquet"
     with dask_client(spec.execution.dask_address, spec.execution.dask_workers) as client:
         result = aggregate(path, spec.execution.storage_options, client, pair_score=spec.pairs.score)
     data = result.to_dict()
     store.write_json(AGGREGATE_JSON, data)
-    _logger().info(
+    run_logger().info(
         "aggregate: %d prompts, %d completions, %d pairs in %.1f s",
         result.stats["prompts"],
         result.stats["completions"],

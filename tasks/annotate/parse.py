@@ -276,9 +276,7 @@ _SCORE = re.compile(
     re.IGNORECASE,
 )
 _LABEL_ONLY = re.compile(r"(?:\*\*|__)?overall\s+score\s*(?:\*\*|__)?\s*:", re.IGNORECASE)
-_FEEDBACK_HEADING = re.compile(
-    r"^\s*#{0,6}\s*(?:\*\*)?feedback(?:\*\*)?\s*:?\s*(?:\*\*)?\s*\n", re.IGNORECASE
-)
+_FEEDBACK_HEADING = re.compile(r"^\s*#{0,6}\s*(?:\*\*)?feedback(?:\*\*)?\s*:?\s*(?:\*\*)?\s*\n", re.IGNORECASE)
 
 
 def parse_critique(raw: str) -> CritiqueParse:
@@ -308,14 +306,10 @@ def parse_critique(raw: str) -> CritiqueParse:
             return CritiqueParse(ok=False, reason="bad_scale", detail=f"score {scale} is not out of 10")
     scores = {float(match.group(1)) for match in matches}
     if len(scores) > 1:
-        return CritiqueParse(
-            ok=False, reason="ambiguous_score", detail=f"several overall scores: {sorted(scores)}"
-        )
+        return CritiqueParse(ok=False, reason="ambiguous_score", detail=f"several overall scores: {sorted(scores)}")
     score = scores.pop()
     if not 1.0 <= score <= 10.0:
-        return CritiqueParse(
-            ok=False, reason="score_out_of_range", detail=f"overall score {score:g} is outside 1-10"
-        )
+        return CritiqueParse(ok=False, reason="score_out_of_range", detail=f"overall score {score:g} is outside 1-10")
     critique = _FEEDBACK_HEADING.sub("", text[: matches[0].start()].strip() + "\n", count=1).strip()
     if not critique:
         return CritiqueParse(ok=False, reason="missing_critique", detail="no feedback before the score")

@@ -177,9 +177,7 @@ def world_knowledge(mode: str, correct_answers: list[str], incorrect_answers: li
     if mode == "answers":
         if not _usable(correct_answers) and not _usable(incorrect_answers):
             return None
-        return _ANSWERS_KNOWLEDGE.format(
-            correct=str(list(correct_answers)), incorrect=str(list(incorrect_answers))
-        )
+        return _ANSWERS_KNOWLEDGE.format(correct=str(list(correct_answers)), incorrect=str(list(incorrect_answers)))
     if mode == "target":
         targets = _usable(correct_answers)
         return "\n".join(targets) if targets else None
@@ -197,9 +195,7 @@ def critique_note(principle: str, system_prompt: str) -> str:
     return system_prompt.strip()
 
 
-def critique_messages(
-    instruction: str, completion: str, principle: str, system_prompt: str
-) -> list[dict[str, str]]:
+def critique_messages(instruction: str, completion: str, principle: str, system_prompt: str) -> list[dict[str, str]]:
     """The system and user messages of the critique call for one completion (reference §4.5).
 
     The instruction field is ``instruction + "\\nNote: " + system prompt``, so the critic judges the

@@ -44,9 +44,7 @@ MPT_SYSTEM = (
     "A conversation between a user and an AI assistant built on a large language model. "
     "The assistant gives helpful and honest answers."
 )
-ALPACA_SYSTEM = (
-    "Below is an instruction describing a task. Write a response that fulfils the request appropriately."
-)
+ALPACA_SYSTEM = "Below is an instruction describing a task. Write a response that fulfils the request appropriately."
 
 
 @dataclass(frozen=True)
@@ -95,9 +93,7 @@ def _starchat(instruction: str, principle: str) -> BuiltPrompt:
 
 
 def _wizardlm_7b(instruction: str, principle: str) -> BuiltPrompt:
-    return BuiltPrompt(
-        "wizardlm-7b", prompt=f"{instruction}\n\n### Response:", stop=["</s>"], uses_system_prompt=False
-    )
+    return BuiltPrompt("wizardlm-7b", prompt=f"{instruction}\n\n### Response:", stop=["</s>"], uses_system_prompt=False)
 
 
 def _llama2(instruction: str, principle: str) -> BuiltPrompt:

@@ -8,8 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.progress import progress_callback
-from infra.store import Store
-from tasks.common import load_shard_requests, read_instructions
+from tasks.common import load_shard_requests, read_instructions, store_for
 from tasks.generate.generate import STAGE, generate_shard
 from ultrafeedback.records import Completion
 from ultrafeedback.spec import Spec
@@ -18,7 +17,7 @@ from ultrafeedback.spec import Spec
 @task(name="generate-shard", cache_policy=NO_CACHE, task_run_name="generate-shard-{shard}")
 def generate_shard_task(spec: Spec, shard: int) -> dict[str, Any]:
     """Generate the shard's completions that the store does not hold yet."""
-    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    store = store_for(spec)
     requests = load_shard_requests(store, shard)
     done = store.results(STAGE, Completion, key="request_id").keys()
     pending = [r for r in requests if r.request_id not in done]

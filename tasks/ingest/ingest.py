@@ -155,9 +155,7 @@ def _validate(raw: RawRecord, source: Source, spec: Spec) -> _Candidate:
     if value is None:
         raise _Reject("missing_field", f"instruction column {fields.instruction!r} is null")
     if not isinstance(value, str):
-        raise _Reject(
-            "not_text", f"instruction column {fields.instruction!r} holds {_type_name(value)}, not text"
-        )
+        raise _Reject("not_text", f"instruction column {fields.instruction!r} holds {_type_name(value)}, not text")
     text = normalise_text(value)
     if not text:
         raise _Reject("empty", f"instruction column {fields.instruction!r} is empty after normalisation")

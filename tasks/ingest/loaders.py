@@ -97,11 +97,7 @@ def get_field(record: Mapping[str, Any], name: str) -> Any:
     for part in name.split("."):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
-        elif (
-            isinstance(node, (list, tuple))
-            and part.lstrip("-").isdigit()
-            and -len(node) <= int(part) < len(node)
-        ):
+        elif isinstance(node, (list, tuple)) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
             node = node[int(part)]
         else:
             return MISSING
@@ -201,8 +197,7 @@ def resolve_files(spec: Spec, source: Source) -> tuple[fsspec.AbstractFileSystem
             files = sorted(p for p in fs.find(path) if _plain_suffix(p) in suffixes)
             if not files:
                 raise IngestError(
-                    f"{key}: folder {resolved} holds no {'/'.join(suffixes)} files for loader "
-                    f"{source.loader!r}"
+                    f"{key}: folder {resolved} holds no {'/'.join(suffixes)} files for loader {source.loader!r}"
                 )
             return fs, files
         return fs, [path]
@@ -215,9 +210,7 @@ def resolve_files(spec: Spec, source: Source) -> tuple[fsspec.AbstractFileSystem
 # --------------------------------------------------------------------------- loaders
 
 
-def _jsonl_values(
-    fs: fsspec.AbstractFileSystem, path: str, display: str
-) -> Iterator[tuple[str, Any, str | None, str]]:
+def _jsonl_values(fs: fsspec.AbstractFileSystem, path: str, display: str) -> Iterator[tuple[str, Any, str | None, str]]:
     """``(origin, value, error, raw)`` for each non-blank line of a JSON Lines file, streamed."""
     with fs.open(path, "rb", compression="infer") as handle:
         for lineno, line_bytes in enumerate(handle, 1):
@@ -286,9 +279,7 @@ def _csv_rows(reader: Any, display: str) -> Iterator[RawRecord]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield RawRecord(
-                f"{display}:row {row_index}", None, f"CSV error at line {reader.line_num}: {exc}", ""
-            )
+            yield RawRecord(f"{display}:row {row_index}", None, f"CSV error at line {reader.line_num}: {exc}", "")
             row_index += 1
             continue
         if header is None:
@@ -496,9 +487,7 @@ def load_benchmark_questions(spec: Spec) -> dict[str, tuple[str, str]]:
     return questions
 
 
-def _iter_questions(
-    fs: fsspec.AbstractFileSystem, path: str, display: str, key: str
-) -> Iterator[tuple[str, Any]]:
+def _iter_questions(fs: fsspec.AbstractFileSystem, path: str, display: str, key: str) -> Iterator[tuple[str, Any]]:
     suffix = _plain_suffix(path)
     if suffix == ".txt":
         with fs.open(path, "rt", encoding="utf-8-sig", compression="infer") as handle:

@@ -15,18 +15,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.store import Store
+from tasks.common import read_scored, store_for
 from tasks.pairs.pairs import SPLITS, binarize, build_pairs, split_binarized
-from ultrafeedback.records import Pair, ScoredCompletion
+from ultrafeedback.records import Pair
 from ultrafeedback.spec import Spec
 
-SCORED = "scored"
 PAIRS = "pairs"
 BINARIZED = "binarized"
-
-
-def read_scored(store: Store) -> pd.DataFrame:
-    """The scored completions (last write per completion id)."""
-    return store.results(SCORED, ScoredCompletion, key="completion_id").read().to_pandas()
 
 
 def read_pairs(store: Store) -> pd.DataFrame:
@@ -53,7 +48,7 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     """Build every non-tied pair and the binarized splits from the scored table; store them."""
     from tasks.publish.publish import binarized_features
 
-    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    store = store_for(spec)
     scored = read_scored(store)
     pairs = build_pairs(scored, spec.pairs.score)
     store.results(PAIRS, Pair, key="pair_id").replace(pairs)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.store import Store
-from tasks.pairs.task import read_binarized_splits, read_pairs, read_scored
+from tasks.common import read_scored, run_logger, store_for
+from tasks.pairs.task import read_binarized_splits, read_pairs
 from tasks.publish.publish import ReleaseTables, publish_release, publish_to_hub
 from ultrafeedback.spec import Spec
 
@@ -50,22 +49,14 @@ def card_info_for(spec: Spec, gates: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The run logger inside a Prefect run; the module logger when called directly (``.fn``)."""
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - MissingContextError outside a run
-        return logging.getLogger(__name__)
-
-
 @task(name="publish", cache_policy=NO_CACHE)
 def publish_task(
     spec: Spec, aggregated: dict[str, Any] | None, gates: dict[str, Any], summary: dict[str, Any]
 ) -> dict[str, Any]:
     """Publish the release to the store (always: it is the source of truth), then to each other
     target of ``spec.publish.targets``. Returns the store release's uri, version and manifest."""
-    logger = _logger()
-    store = Store(spec.store, spec.name, spec.execution.storage_options)
+    logger = run_logger()
+    store = store_for(spec)
     tables = ReleaseTables(
         scored=read_scored(store),
         pairs=read_pairs(store),
