@@ -90,7 +90,11 @@ class Endpoint(_Strict):
     api_key_block: str | None = Field(default=None, description="Prefect Secret block name")
     requests_per_minute: float | None = Field(default=None, gt=0)
     tokens_per_minute: float | None = Field(default=None, gt=0)
-    max_in_flight: int = Field(default=32, ge=1)
+    max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description="requests on the wire per running shard (shards run execution.parallel_shards at once)",
+    )
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0)
     backoff_base_s: float = Field(default=1.0, ge=0)
@@ -199,6 +203,7 @@ class Publish(_Strict):
 class Execution(_Strict):
     shard_size: int = Field(default=500, ge=1, description="instructions per shard")
     checkpoint_every: int = Field(default=64, ge=1, description="results per checkpoint write")
+    parallel_shards: int = Field(default=4, ge=1, description="shard tasks running at once (CLI runs)")
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
