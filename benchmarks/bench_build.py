@@ -42,7 +42,9 @@ def spec(folder: Path, url: str, args: argparse.Namespace) -> dict:
         "name": "bench",
         "seed": 1,
         "store": str(folder / "store"),
-        "sources": [{"name": "bench", "loader": "jsonl", "path": "instructions.jsonl", "fields": {"instruction": "prompt"}}],
+        "sources": [
+            {"name": "bench", "loader": "jsonl", "path": "instructions.jsonl", "fields": {"instruction": "prompt"}}
+        ],
         "endpoints": {"sim": {"base_url": url, "max_in_flight": args.in_flight, "timeout_s": 30, "max_retries": 3}},
         "models": [{"id": f"m{i}", "backend": "openai", "endpoint": "sim"} for i in range(6)],
         "completions_per_instruction": 4,
@@ -70,9 +72,10 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="uf-bench-"))
     write_inputs(folder, args.instructions)
-    with prefect_test_harness(server_startup_timeout=180), Simulator(
-        SimulatorConfig(latency_ms=args.latency_ms, seed=1)
-    ) as sim:
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        Simulator(SimulatorConfig(latency_ms=args.latency_ms, seed=1)) as sim,
+    ):
         path = folder / "spec.yaml"
         path.write_text(yaml.safe_dump(spec(folder, sim.url, args)))
         started = time.monotonic()

@@ -136,12 +136,11 @@ def run_build(spec: Spec) -> str:
     """Run every stage of ``spec`` and return the published release's URI."""
     from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, plan_jobs
     from tasks.annotate.task import annotate_shard_task, score_task
+    from tasks.assign.assign import prompt_format_versions
     from tasks.assign.task import assign_task
     from tasks.generate.generate import STAGE as COMPLETIONS
     from tasks.generate.task import generate_shard_task
     from tasks.ingest.task import ingest_task
-
-    from tasks.assign.assign import prompt_format_versions
 
     prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     logger = get_run_logger()

@@ -87,12 +87,23 @@ class Store:
         protocol = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
         return f"{protocol}://{path}"
 
+    def _fresh(self, path: str) -> str:
+        """Drop the file system's cached listings of ``path`` and its parents (object stores only).
+
+        s3fs answers ``ls``/``exists``/``open`` from listings cached in its (process-wide, shared)
+        instance, so objects written by another process or machine after a listing would stay
+        invisible: a rerun would redo stored work and a reader would miss parts.
+        """
+        if not self.local:
+            self.fs.invalidate_cache(path)
+        return path
+
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return self.fs.exists(self._fresh(self.path(*parts)))
 
     def ls(self, *parts: str) -> list[str]:
         """Names (not paths) directly under a folder; [] when it does not exist."""
-        path = self.path(*parts)
+        path = self._fresh(self.path(*parts))
         if not self.fs.exists(path):
             return []
         return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False))
@@ -122,18 +133,18 @@ class Store:
         return self.write_bytes(relpath, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
     def read_json(self, relpath: str, default: Any = None) -> Any:
-        path = self.path(relpath)
+        path = self._fresh(self.path(relpath))
         if not self.fs.exists(path):
             return default
         with self.fs.open(path, "rb") as handle:
             return json.loads(handle.read())
 
     def read_table(self, relpath: str) -> pa.Table:
-        with self.fs.open(self.path(relpath), "rb") as handle:
+        with self.fs.open(self._fresh(self.path(relpath)), "rb") as handle:
             return pq.read_table(handle)
 
     def delete(self, relpath: str) -> None:
-        path = self.path(relpath)
+        path = self._fresh(self.path(relpath))
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 

@@ -242,11 +242,24 @@ def render_card(
         f"`{card_info.get('binarize_rule', 'h4')}` rule, in TRL's conversational format (`prompt`, "
         "`chosen`, `rejected`, `messages`), split into `train_prefs` and `test_prefs`.\n"
     )
+    if "://" in uri_hint and not uri_hint.startswith("file://"):
+        # `datasets` reads a remote folder only through the parquet builder with data_files
+        loading = (
+            "prefs = load_dataset(\n"
+            f'    "parquet", data_files={{"train_prefs": "{uri_hint}/binarized/train_prefs-*.parquet"}},\n'
+            '    storage_options=STORAGE_OPTIONS)  # e.g. {"endpoint_url": ...}\n'
+            f'completions = load_dataset("parquet", data_files="{uri_hint}/completions/train-*.parquet",\n'
+            "                           storage_options=STORAGE_OPTIONS)\n"
+        )
+    else:
+        loading = (
+            f'prefs = load_dataset("{uri_hint}", name="binarized", split="train_prefs")\n'
+            f'completions = load_dataset("{uri_hint}", name="completions", split="train")\n'
+        )
     out.append(
         "```python\nfrom datasets import load_dataset\n\n"
-        f'prefs = load_dataset("{uri_hint}", name="binarized", split="train_prefs")\n'
-        f'completions = load_dataset("{uri_hint}", name="completions", split="train")\n'
-        f'# a copy on the Hub is tagged per release: load_dataset(REPO_ID, name=..., revision="v{version}")\n'
+        + loading
+        + f'# a copy on the Hub is tagged per release: load_dataset(REPO_ID, name=..., revision="v{version}")\n'
         "```\n"
     )
 
