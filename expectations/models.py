@@ -19,7 +19,7 @@ from ultrafeedback.spec import Gates
 if TYPE_CHECKING:
     from ultrafeedback.spec import Spec
 
-STAGES: tuple[str, ...] = ("ingest", "assign", "generate", "annotate", "pairs", "binarized")
+STAGES: tuple[str, ...] = ("ingest", "assign", "generate", "annotate", "aggregate", "pairs", "binarized")
 """The stages that have a suite, in pipeline order."""
 
 
@@ -32,7 +32,12 @@ class GateContext(BaseModel):
 
     ``expected_rows`` means, per stage: assign = instructions x k (exact), generate = the
     number of requests (at least ``min_generation_success`` of them, at most all), annotate =
-    the number of completions (exact). ingest, pairs and binarized do not use it.
+    the number of completions (exact). ingest, aggregate, pairs and binarized do not use it.
+
+    ``expected_completions`` is the aggregate stage's fact: the number of scored completions
+    (the rows the annotate gate passed), which the leaderboard's per-model ``completions`` must
+    add up to. The aggregate suite requires it: a leaderboard cannot tell by itself that it lost
+    or double-counted rows.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -40,6 +45,9 @@ class GateContext(BaseModel):
     gates: Gates = Field(default_factory=Gates)
     k: int | None = Field(default=None, ge=1, description="completions_per_instruction")
     expected_rows: int | None = Field(default=None, ge=0)
+    expected_completions: int | None = Field(
+        default=None, ge=0, description="scored completions the aggregate leaderboard must count"
+    )
     quarantined: int = Field(default=0, ge=0, description="records the ingest stage quarantined")
     allowed_sources: list[str] | None = None
     allowed_models: list[str] | None = None

@@ -3,8 +3,9 @@
 Each stage has a builder that returns its GX expectations (named ``ultrafeedback.<stage>``), a
 ``prepare`` step that adds the derived scalar columns GX needs for what it cannot read directly
 (lists of chat messages, "every aspect rated"), and a few checks computed in pandas for what no
-GX expectation expresses (exactly k rows per instruction, the quarantine count). ``run_gate`` in
-``expectations.gate`` runs all three and reports them as one list of checks.
+GX expectation expresses (exactly k rows per instruction, the quarantine count, the leaderboard's
+completions total). ``run_gate`` in ``expectations.gate`` runs all three and reports them as one
+list of checks.
 
 Every expectation carries ``meta={"check": <name>, "fails": <what a failing row is>}``: the name
 is the check's stable identifier in GateResult, the phrase makes the failure message readable.
@@ -52,6 +53,15 @@ BINARIZED_COLUMNS: tuple[str, ...] = (
     "score_rejected",
 )
 """Columns every binarized split has (H4 and Argilla rules); others (messages, source) may exist."""
+LEADERBOARD_COLUMNS: tuple[str, ...] = (
+    "model",
+    "completions",
+    "mean_fine_grained",
+    "mean_overall",
+    "mean_response_tokens",
+)
+"""Columns of ``AggregateResult.leaderboard`` besides ``mean_<aspect>``, one per judged aspect."""
+COMPLETIONS_TOTAL = "completions sum to expected"
 
 
 def suite_name(stage: str) -> str:
@@ -260,6 +270,31 @@ def build_annotate(ctx: GateContext) -> list[Expectation]:
     return checks
 
 
+def build_aggregate(ctx: GateContext) -> list[Expectation]:
+    """The per-model leaderboard: one row per pool model, counts that add up, means on their scales.
+
+    The table is ``pd.DataFrame(AggregateResult.to_dict()["leaderboard"])``. A mean is null where
+    a model has nothing to average (no critique, an aspect never rated); GX skips nulls in range
+    checks, so "in range" means "in range where present". Aspects not judged are not checked.
+    That the counts add up to ``ctx.expected_completions`` is a pandas check (``pandas_checks``).
+    """
+    _require(ctx, "aggregate", "expected_completions")
+    aspects = [f"mean_{aspect}" for aspect in ctx.aspects]
+    checks: list[Expectation] = [
+        _columns("leaderboard", [*LEADERBOARD_COLUMNS, *aspects], exact=False),
+        _not_null("model"),
+        _unique("model"),
+        *_in_pool("model", ctx),
+        _not_null("completions"),
+        _between("completions", 1, None, "completions >= 1"),
+        _between("mean_fine_grained", 1, 5, "mean_fine_grained in [1, 5]"),
+    ]
+    if ctx.critique:
+        checks.append(_between("mean_overall", 1, 10, "mean_overall in [1, 10]"))
+    checks += [_between(column, 1, 5, f"{column} in [1, 5]") for column in aspects]
+    return checks
+
+
 def build_pairs(ctx: GateContext) -> list[Expectation]:
     """Pairs: strictly better chosen, two different completions, positive margin, enough pairs."""
     gxe = _gxe()
@@ -323,6 +358,7 @@ BUILDERS: dict[str, Callable[[GateContext], list[Expectation]]] = {
     "assign": build_assign,
     "generate": build_generate,
     "annotate": build_annotate,
+    "aggregate": build_aggregate,
     "pairs": build_pairs,
     "binarized": build_binarized,
 }
@@ -477,6 +513,30 @@ def _generation_success(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
     )
 
 
+def _completions_total(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
+    # Every scored completion is counted once, under its model: rows lost or read twice (a stray
+    # part file, a shard written by two runs) change the sum while each row still looks valid.
+    _require(ctx, "aggregate", "expected_completions")
+    assert ctx.expected_completions is not None
+    missing = _missing(df, COMPLETIONS_TOTAL, "completions")
+    if missing:
+        return missing
+    counts = pd.to_numeric(df["completions"], errors="coerce")
+    total = float(counts.sum())  # nulls and non-numbers count 0: their own checks report them
+    observed: int | float = int(total) if total.is_integer() else total
+    expected = ctx.expected_completions
+    return CheckResult(
+        name=COMPLETIONS_TOTAL,
+        passed=total == expected,
+        observed=observed,
+        expected=f"== {expected}",
+        detail=(
+            f"the leaderboard counts {observed} completions over {len(df)} models "
+            f"(expected {expected}, the scored completions)"
+        ),
+    )
+
+
 def pandas_checks(stage: str, df: pd.DataFrame, ctx: GateContext) -> list[CheckResult]:
     """The stage's checks that no GX expectation expresses, computed directly."""
     _check_stage(stage)
@@ -486,4 +546,6 @@ def pandas_checks(stage: str, df: pd.DataFrame, ctx: GateContext) -> list[CheckR
         return [_k_rows_per_instruction(df, ctx)]
     if stage == "generate" and ctx.expected_rows is not None:
         return [_generation_success(df, ctx)]
+    if stage == "aggregate":
+        return [_completions_total(df, ctx)]
     return []

@@ -8,6 +8,7 @@ rerun of a finished build sends no request at all.
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from collections import Counter
@@ -133,19 +134,40 @@ def _pending_generation(store: Store, requests: list[CompletionRequest]) -> list
 
 
 def run_build(spec: Spec) -> str:
-    """Run every stage of ``spec`` and return the published release's URI."""
+    """Run every stage of ``spec`` and return the published release's URI.
+
+    The summary (counts, failures by reason, tokens, time per stage) is reported whether the run
+    publishes or stops: a stopped run is the one whose summary matters most.
+    """
+    from infra.llm.factory import check_backends
+    from tasks.assign.assign import prompt_format_versions
+
+    prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
+    check_backends(spec)  # a missing API key too
+    store = store_for(spec)
+    store.delete("gates")  # gate results describe the current run only
+    summary = BuildSummary()
+    release: dict[str, Any] | None = None
+    stopped: BaseException | None = None
+    try:
+        release = _run_stages(spec, store, summary)
+    except BaseException as exc:
+        stopped = exc
+        raise
+    finally:
+        _report(spec, store, summary, release, stopped)
+    return release["uri"]
+
+
+def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, Any]:
     from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, plan_jobs
     from tasks.annotate.task import annotate_shard_task, score_task
-    from tasks.assign.assign import prompt_format_versions
     from tasks.assign.task import assign_task
     from tasks.generate.generate import STAGE as COMPLETIONS
     from tasks.generate.task import generate_shard_task
     from tasks.ingest.task import ingest_task
 
-    prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     logger = get_run_logger()
-    store = store_for(spec)
-    summary = BuildSummary()
     allowed_models = [m.id for m in spec.models]
     k = spec.completions_per_instruction
 
@@ -177,7 +199,7 @@ def run_build(spec: Spec) -> str:
         pending = _pending_generation(store, requests)
         shards = sorted({r.shard for r in pending})
         logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
-        with stage_bar("generate", len(pending)):
+        with stage_bar(COMPLETIONS, len(pending)):
             reports = generate_shard_task.map(unmapped(spec), shards).result() if shards else []
         summary.add_reports(reports)
         request_ids = {r.request_id for r in requests}
@@ -206,7 +228,7 @@ def run_build(spec: Spec) -> str:
         shard_of = {r.request_id: r.shard for r in requests}
         todo = {shard_of[j.completion_ids[0]] for j in aspect_jobs}
         todo |= {j.request.shard for j in critique_jobs}
-        with stage_bar("annotate", len(aspect_jobs) + len(critique_jobs)):
+        with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
             reports = annotate_shard_task.map(unmapped(spec), sorted(todo)).result() if todo else []
         summary.add_reports(reports)
         scored_count = score_task(spec)
@@ -234,6 +256,8 @@ def run_build(spec: Spec) -> str:
         pairs_info = pairs_task(spec)
         summary.counts["pairs"] = pairs_info["pairs"]
         summary.counts["binarized"] = pairs_info["binarized"]
+        for reason, count in pairs_info["binarize_dropped"].items():
+            summary.counts[f"binarize_dropped:{reason}"] = count
         from tasks.pairs.task import read_binarized, read_pairs
 
         _gate(spec, store, summary, "pairs", read_pairs(store))
@@ -251,19 +275,32 @@ def run_build(spec: Spec) -> str:
 
         release = publish_task(spec, aggregated, summary.gates, summary.to_dict(spec))
 
-    _report(spec, summary, release)
-    return release["uri"]
+    return release
 
 
-def _report(spec: Spec, summary: BuildSummary, release: dict[str, Any]) -> None:
+def _report(
+    spec: Spec,
+    store: Store,
+    summary: BuildSummary,
+    release: dict[str, Any] | None,
+    stopped: BaseException | None,
+) -> None:
     text = summary.render(spec)
-    text += f"\nrelease:   v{release['version']} {release['uri']}"
+    if release is not None:
+        text += f"\nrelease:   v{release['version']} {release['uri']}"
+    else:
+        reason = f"{type(stopped).__name__}: {str(stopped).splitlines()[0] if str(stopped) else ''}"
+        text += f"\nrelease:   none: the run stopped ({reason})"
     print(text, file=sys.stderr)
+    data = summary.to_dict(spec)
+    data["release"] = release["uri"] if release else None
+    data["stopped"] = None if stopped is None else f"{type(stopped).__name__}: {stopped}"
+    store.write_json("runs/last.json", data)
     try:
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(key="build-summary", markdown=f"```\n{text}\n```", description=f"build of {spec.name}")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - artifacts are best effort
         pass
 
 
@@ -283,7 +320,7 @@ def build(
     if spec_data is not None:
         from ultrafeedback.spec import apply_override, parse_override
 
-        data = dict(spec_data)
+        data = copy.deepcopy(spec_data)
         for text in overrides or []:
             apply_override(data, *parse_override(text))
         spec = validate_dict(data, origin="spec_data")

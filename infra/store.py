@@ -171,7 +171,8 @@ class ResultLog:
         if not rows:
             return None
         table = rows_table(rows, self.model)
-        name = f"{label}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        # time first: parts sort in write order, so "last write wins" holds across shard labels
+        name = f"{time.time_ns():020d}-{label}-{uuid.uuid4().hex[:8]}.parquet"
         return self.store.write_table(f"{self.stage}/{name}", table)
 
     def read(self, columns: list[str] | None = None) -> pa.Table:

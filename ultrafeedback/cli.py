@@ -30,6 +30,9 @@ def _quiet_environment(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # the CLI reports a failed run itself, in one clear line; Prefect's tracebacks are for -v
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "CRITICAL")
         os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_LEVEL", "WARNING")
 
 
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             prompt_format_versions(spec)
             print(
                 f"{args.spec}: valid spec {spec.name!r}: {len(spec.sources)} sources, {len(spec.models)} models, "
-                f"k={spec.completions_per_instruction}, judge {spec.judge.backend}:{spec.judge.model}"
+                f"k={spec.completions_per_instruction}, judge {spec.judge.backend}:{spec.judge.model or 'heuristic'}"
             )
             return EXIT_OK
         if args.command == "status":
@@ -146,18 +149,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_failure(exc: Exception) -> int:
     from expectations.gate import GateFailed
+    from infra.llm.openai_compat import MissingAPIKeyError
     from tasks.ingest.loaders import IngestError
 
     if isinstance(exc, GateFailed):
-        print(f"error: {exc}\nnothing was published.", file=sys.stderr)
+        print(f"error: {exc}\nthe run stopped at this gate; nothing was published.", file=sys.stderr)
         return EXIT_GATE
-    if isinstance(exc, IngestError):
-        print(f"error: {exc}\nnothing was published.", file=sys.stderr)
+    if isinstance(exc, IngestError | MissingAPIKeyError):
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     import traceback
 
     traceback.print_exception(exc, file=sys.stderr)
-    print(f"error: {type(exc).__name__}: {exc}\nnothing was published.", file=sys.stderr)
+    print(
+        f"error: {type(exc).__name__}: {exc}\n`ultrafeedback status SPEC` shows what was stored and published.",
+        file=sys.stderr,
+    )
     return EXIT_ERROR
 
 

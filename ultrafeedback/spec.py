@@ -93,7 +93,7 @@ class Endpoint(_Strict):
     max_in_flight: int = Field(
         default=32,
         ge=1,
-        description="requests on the wire per running shard (shards run execution.parallel_shards at once)",
+        description="requests on the wire to this endpoint at once: its budget, shared by all shards in the process",
     )
     timeout_s: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0)
@@ -133,7 +133,7 @@ class ModelEntry(_Strict):
 class Judge(_Strict):
     backend: Literal["openai", "heuristic"] = "heuristic"
     endpoint: str | None = None
-    model: str = "heuristic-v1"
+    model: str | None = Field(default=None, description="the judge model at the endpoint (backend openai)")
     aspects: list[str] = Field(default_factory=lambda: list(ASPECTS))
     critique: bool = True
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.0, top_p=0.6, max_tokens=500))
@@ -156,6 +156,8 @@ class Judge(_Strict):
     def _check_backend(self) -> Judge:
         if self.backend == "openai" and not self.endpoint:
             raise ValueError("judge backend 'openai' needs an `endpoint`")
+        if self.backend == "openai" and not self.model:
+            raise ValueError("judge backend 'openai' needs a `model`")
         return self
 
 
@@ -274,10 +276,25 @@ class Spec(_Strict):
             return path
         return str((Path(self.base_dir) / path).resolve())
 
+    def data_dump(self) -> dict[str, Any]:
+        """The spec without what only says how or where it runs (store, endpoints and their limits,
+        prices, retries, gates, publish targets, execution): what shapes the data itself."""
+        return self.model_dump(
+            mode="json",
+            exclude={
+                "store": True,
+                "publish": True,
+                "execution": True,
+                "gates": True,
+                "endpoints": True,
+                "models": {"__all__": {"price", "endpoint"}},
+                "judge": {"price", "endpoint", "parse_retries"},
+            },
+        )
+
     def spec_hash(self) -> str:
-        """A hash of everything that determines the data (not where it is stored or published)."""
-        data = self.model_dump(mode="json", exclude={"store", "publish", "execution"})
-        blob = json.dumps(data, sort_keys=True).encode()
+        """A hash of everything that determines the data (``data_dump``)."""
+        blob = json.dumps(self.data_dump(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -336,38 +353,49 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``key`` (a dotted path) in ``data`` in place, creating mappings as needed."""
+    """Set ``key`` (a dotted path) in ``data`` in place, creating mappings as needed.
+
+    A list item is addressed by its index or by its ``id``/``name``; an id that itself contains
+    dots (``smollm2-135m-t0.7``) is matched as a whole.
+    """
     parts = key.split(".")
     node: Any = data
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
+    depth = 0
+    while depth < len(parts):
         where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
-            index = _list_index(node, part, key, where)
-            if last:
+            index, used = _list_index(node, parts, depth, key, where)
+            depth += used
+            if depth == len(parts):
                 node[index] = value
-            else:
-                node = node[index]
+                return
+            node = node[index]
             continue
         if not isinstance(node, dict):
             raise SpecError(f"--set {key}: {'.'.join(parts[:depth])} is not a mapping or list")
-        if last:
+        part = parts[depth]
+        depth += 1
+        if depth == len(parts):
             node[part] = value
-        else:
-            if node.get(part) is None:
-                node[part] = {}
-            node = node[part]
+            return
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
 
 
-def _list_index(node: list[Any], part: str, key: str, where: str) -> int:
+def _list_index(node: list[Any], parts: list[str], depth: int, key: str, where: str) -> tuple[int, int]:
+    """(index, number of path parts it used) of the list item ``parts[depth:]`` starts with."""
+    part = parts[depth]
     if part.lstrip("-").isdigit():
         index = int(part)
         if not -len(node) <= index < len(node):
             raise SpecError(f"--set {key}: {where}: index out of range (list has {len(node)})")
-        return index
-    for index, item in enumerate(node):
-        if isinstance(item, dict) and part in (item.get("id"), item.get("name")):
-            return index
+        return index, 1
+    for used in range(len(parts) - depth, 0, -1):  # the longest dotted name first
+        name = ".".join(parts[depth : depth + used])
+        for index, item in enumerate(node):
+            if isinstance(item, dict) and name in (item.get("id"), item.get("name")):
+                return index, used
     raise SpecError(f"--set {key}: {where}: no list item with id or name {part!r}")
 
 

@@ -38,6 +38,9 @@ def collect_status(store: Store) -> dict[str, Any]:
         stage: open_failures(store, stage, keys.get(stage, set()))
         for stage in ("completions", "annotations", "critiques")
     }
+    # a failed request that the current assignment no longer asks for will not be retried
+    current = set(keys.get("requests", set()))
+    failures["completions"] = [f for f in failures["completions"] if f["key"] in current]
     quarantine = store.results("quarantine", Quarantined).rows()
     dropped = store.results("dropped", Quarantined).rows()
     gates = {
@@ -48,6 +51,8 @@ def collect_status(store: Store) -> dict[str, Any]:
     from tasks.publish.publish import list_releases
 
     return {
+        "last_run": store.read_json("runs/last.json"),
+        "binarize_dropped": store.read_json("binarized/dropped.json", {}),
         "counts": counts,
         "failures": failures,
         "quarantine": quarantine,
@@ -80,9 +85,15 @@ def print_status(spec_path: str, overrides: list[str], show: int = 5) -> int:
         print(f"  failed {stage:<13} {len(rows)}  ({summary})")
         for row in rows[:show]:
             print(f"      shard {row['shard']} key {row['key']}: {row['reason']}: {row['error'][:160]}")
+    if status["binarize_dropped"]:
+        dropped = ", ".join(f"{r} {n}" for r, n in status["binarize_dropped"].items())
+        print(f"  not binarized  ({dropped})")
     for stage, gate in status["gates"].items():
         verdict = "passed" if gate and gate.get("passed") else "FAILED"
         print(f"  gate {stage:<15} {verdict}")
+    last = status["last_run"]
+    if last and last.get("stopped"):
+        print(f"  last run stopped: {last['stopped'].splitlines()[0][:300]}")
     if status["releases"]:
         for release in status["releases"]:
             print(f"  release v{release['version']}  {release['uri']}")

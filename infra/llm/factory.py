@@ -1,7 +1,9 @@
 """Build the backend for a pool entry or for the judge from the spec.
 
 Backends are cached per process and per configuration, so every shard running in this process
-shares one HTTP limiter per endpoint and one loaded CPU model.
+shares one loaded CPU model; HTTP backends carry their endpoint's process-wide budgets (the
+``RateLimiter`` and the ``InFlightLimit`` of ``infra.llm.limiter``), which stay shared even when a
+changed endpoint configuration makes a new backend.
 """
 
 from __future__ import annotations
@@ -16,16 +18,14 @@ _LOCK = threading.Lock()
 
 
 def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
-    from infra.llm.limiter import get_limiter
     from infra.llm.openai_compat import backend_from_endpoint
 
     endpoint = spec.endpoints[endpoint_name]
     cache_key = ("openai", endpoint_name, endpoint.model_dump_json())
     with _LOCK:
         if cache_key not in _CACHE:
-            backend = backend_from_endpoint(endpoint_name, endpoint)
-            backend.limiter = get_limiter(endpoint_name, endpoint.requests_per_minute, endpoint.tokens_per_minute)
-            _CACHE[cache_key] = backend
+            # attaches get_limiter(endpoint_name, ...) and get_in_flight(endpoint_name, max_in_flight)
+            _CACHE[cache_key] = backend_from_endpoint(endpoint_name, endpoint)
         return _CACHE[cache_key]
 
 
@@ -66,3 +66,16 @@ def close_all() -> None:
         for backend in _CACHE.values():
             backend.close()
         _CACHE.clear()
+
+
+def check_backends(spec: Spec) -> None:
+    """Build the endpoint backends the spec uses, so a missing API key fails before any work.
+
+    The embedded and vLLM backends are not built here: loading weights is the expensive part of
+    their first use, not a configuration check.
+    """
+    names = {m.endpoint for m in spec.models if m.backend == "openai" and m.endpoint}
+    if spec.judge.backend == "openai" and spec.judge.endpoint:
+        names.add(spec.judge.endpoint)
+    for name in sorted(names):
+        _endpoint_backend(spec, name)

@@ -10,6 +10,10 @@ bucket may go into debt, and the caller sleeps until the debt it joined is paid 
 waiting FIFO and O(1) (no thundering herd of pollers), and a request larger than the bucket still
 goes through at the configured rate instead of deadlocking. Buckets hold one second's worth (at
 least 1), so a fresh limiter does not fire a whole minute's budget in the first instant.
+
+``InFlightLimit`` is the endpoint's other budget, requests on the wire at once, shared the same
+way: a counter behind a lock, and FIFO waiters that each sleep on a future of their own loop and
+are handed a freed slot directly (``call_soon_threadsafe`` for another thread's loop), no polling.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
+from types import TracebackType
 
-__all__ = ["RateLimiter", "get_limiter", "reset_limiters"]
+__all__ = ["InFlightLimit", "RateLimiter", "get_in_flight", "get_limiter", "reset_limiters"]
 
 
 class _Bucket:
@@ -139,7 +145,151 @@ class RateLimiter:
         )
 
 
+class _Waiter:
+    """One ``acquire`` waiting: its loop, the future it sleeps on, and whether a slot is its own."""
+
+    __slots__ = ("future", "granted", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+        self.granted = False
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    """Runs on the waiter's loop: wake it, unless it was cancelled meanwhile (it then gives back)."""
+    if not future.done():
+        future.set_result(None)
+
+
+class InFlightLimit:
+    """At most ``limit`` holders at once across every thread and event loop of the process.
+
+    Use it as ``async with slots:`` from any loop (or ``await acquire()`` / ``release()``). A
+    released slot goes straight to the oldest waiter (FIFO, no barging: a newcomer queues while
+    anyone waits), woken on its own loop; waiters whose loop has closed are skipped. A waiter
+    cancelled before the hand-off leaves the queue; one cancelled after it (or whose coroutine is
+    discarded with its loop) passes the slot on, so none leaks and none is released twice.
+
+    The lock is re-entrant because a discarded waiter's clean-up may run from the garbage collector
+    while this thread is inside a locked section; every locked section leaves the state whole.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._lock = threading.RLock()
+        self._limit = _check_limit(limit)
+        self._in_use = 0
+        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_use(self) -> int:
+        """Slots held now, counting those handed to a waiter that has not resumed yet."""
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def set_limit(self, limit: int) -> None:
+        """Change the limit; a larger one wakes waiters at once, a smaller one takes effect as
+        holders release (none is interrupted)."""
+        limit = _check_limit(limit)
+        with self._lock:
+            self._limit = limit
+            self._fill_locked()
+
+    async def acquire(self) -> None:
+        """Wait for a slot of this limit, then hold it until ``release``."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._in_use < self._limit and not self._waiters:
+                self._in_use += 1
+                return
+            waiter = _Waiter(loop)
+            self._waiters[waiter] = None
+            self._fill_locked()  # in case a clean-up freed a slot while we allocated
+        try:
+            await waiter.future
+        except BaseException:  # cancelled, or the coroutine closed with its loop
+            with self._lock:
+                if waiter.granted:
+                    self._release_locked()  # the slot came with the wake-up: pass it on
+                else:
+                    self._waiters.pop(waiter, None)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back (from any thread); the oldest live waiter gets it."""
+        with self._lock:
+            if self._in_use <= 0:
+                raise RuntimeError("InFlightLimit released more often than acquired")
+            self._release_locked()
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"InFlightLimit(limit={self._limit}, in_use={self._in_use}, waiting={len(self._waiters)})"
+
+    # ------------------------------------------------------------------ under the lock
+    def _release_locked(self) -> None:
+        if self._in_use > self._limit or not self._hand_off_locked():
+            self._in_use -= 1
+
+    def _fill_locked(self) -> None:
+        """Hand free slots to waiters (after the limit grew, or a slot freed while enqueueing)."""
+        while self._waiters and self._in_use < self._limit:
+            self._in_use += 1
+            if not self._hand_off_locked():
+                self._in_use -= 1
+
+    def _hand_off_locked(self) -> bool:
+        """Give the caller's slot to the oldest waiter that can still take it; False if none can."""
+        while self._waiters:
+            waiter, _ = self._waiters.popitem(last=False)
+            if self._wake(waiter):
+                waiter.granted = True
+                return True
+        return False
+
+    @staticmethod
+    def _wake(waiter: _Waiter) -> bool:
+        loop = waiter.loop
+        if loop.is_closed():
+            return False
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # same loop: no need to go through its self-pipe
+            if waiter.future.done():  # cancelled; its task will find itself not granted
+                return False
+            waiter.future.set_result(None)
+            return True
+        try:
+            loop.call_soon_threadsafe(_resolve, waiter.future)
+        except RuntimeError:  # the loop closed just now
+            return False
+        return True
+
+
+def _check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"in-flight limit must be an integer >= 1, got {limit!r}")
+    return limit
+
+
 _REGISTRY: dict[str, RateLimiter] = {}
+_IN_FLIGHT: dict[str, InFlightLimit] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
@@ -164,7 +314,24 @@ def get_limiter(
     return limiter
 
 
+def get_in_flight(endpoint_name: str, limit: int) -> InFlightLimit:
+    """The process-wide in-flight limit of one endpoint: the same name always gives the same object.
+
+    A changed ``limit`` (the spec changed) is applied to the existing object, so every holder keeps
+    sharing one budget.
+    """
+    with _REGISTRY_LOCK:
+        slots = _IN_FLIGHT.get(endpoint_name)
+        if slots is None:
+            slots = _IN_FLIGHT[endpoint_name] = InFlightLimit(limit)
+            return slots
+    if slots.limit != limit:
+        slots.set_limit(limit)
+    return slots
+
+
 def reset_limiters() -> None:
-    """Forget every endpoint's limiter (tests, or a long-lived process loading a new spec)."""
+    """Forget every endpoint's limiters (tests, or a long-lived process loading a new spec)."""
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
+        _IN_FLIGHT.clear()

@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP backend: OpenAI, vLLM's ``vllm serve``, any proxy speaking that API.
 
 A shard calls ``run`` with its batch; the backend drives it on one asyncio loop with one aiohttp
-session, at most ``max_in_flight`` requests on the wire, the endpoint's shared ``RateLimiter``
-(budgets across all shards, DESIGN §5) and retries with exponential backoff and full jitter that
+session, under the endpoint's shared budgets (across all shards of the process, DESIGN §5): its
+``InFlightLimit`` (requests on the wire) and its ``RateLimiter`` (requests and tokens per minute);
+and it retries with exponential backoff and full jitter that
 honour ``Retry-After``. A request that still fails is delivered as an ``LLMResult`` carrying the
 error and a short reason, never raised (the contract of ``infra.llm.base``).
 
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from infra.llm.base import LLMRequest, LLMResult, ResultCallback
-from infra.llm.limiter import RateLimiter, get_limiter
+from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 
 if TYPE_CHECKING:
     import aiohttp
@@ -180,8 +181,10 @@ class OpenAICompatBackend:
 
     ``base_url`` includes the version prefix, as in the openai SDK (``https://api.openai.com/v1``).
     ``run`` may be called from several threads at once; each call has its own loop and session,
-    and all share ``limiter`` (set it from ``get_limiter`` so every backend of an endpoint shares
-    one budget).
+    and all share ``limiter`` and ``in_flight`` (set them from ``get_limiter`` and
+    ``get_in_flight`` so every backend of an endpoint shares one budget, as
+    ``backend_from_endpoint`` does). Without ``in_flight``, ``max_in_flight`` bounds each ``run``
+    on its own.
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class OpenAICompatBackend:
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 60.0,
         limiter: RateLimiter | None = None,
+        in_flight: InFlightLimit | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -211,6 +215,7 @@ class OpenAICompatBackend:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.limiter = limiter
+        self.in_flight = in_flight
         # without a shared limiter, a 429's pause still applies to this backend's other requests
         self._own_limiter = RateLimiter(None, None)
         self._stats: Counter[str] = Counter()
@@ -219,7 +224,8 @@ class OpenAICompatBackend:
     def __repr__(self) -> str:
         return (
             f"OpenAICompatBackend(name={self.name!r}, base_url={self.base_url!r}, "
-            f"api_key={'set' if self._api_key else None}, max_in_flight={self.max_in_flight})"
+            f"api_key={'set' if self._api_key else None}, max_in_flight={self.max_in_flight}, "
+            f"in_flight={self.in_flight!r})"
         )
 
     # ------------------------------------------------------------------ public API
@@ -259,17 +265,23 @@ class OpenAICompatBackend:
         requests = list(requests)
         if not requests:
             return
-        connector = aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=0)
+        # the shared limit if there is one (it may have been resized since construction), else ours;
+        # the connector then never holds a request that already has its slot
+        slots: InFlightLimit | asyncio.Semaphore
+        if self.in_flight is not None:
+            slots, connections = self.in_flight, self.in_flight.limit
+        else:
+            slots, connections = asyncio.Semaphore(self.max_in_flight), self.max_in_flight
+        connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0)
         headers = {"Content-Type": "application/json"}
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get()}"
-        semaphore = asyncio.Semaphore(self.max_in_flight)
         limiter = self.limiter or self._own_limiter
         async with aiohttp.ClientSession(
             connector=connector, headers=headers, raise_for_status=False
         ) as session:
             tasks = [
-                asyncio.ensure_future(self._one(session, semaphore, limiter, request, on_result))
+                asyncio.ensure_future(self._one(session, slots, limiter, request, on_result))
                 for request in requests
             ]
             try:
@@ -303,7 +315,7 @@ class OpenAICompatBackend:
     async def _one(
         self,
         session: aiohttp.ClientSession,
-        semaphore: asyncio.Semaphore,
+        slots: InFlightLimit | asyncio.Semaphore,
         limiter: RateLimiter,
         request: LLMRequest,
         on_result: ResultCallback,
@@ -323,7 +335,7 @@ class OpenAICompatBackend:
         failure: _Failure | None = None
         while True:
             attempt += 1
-            async with semaphore:
+            async with slots:
                 await limiter.acquire(tokens)
                 if started is None:
                     started = time.monotonic()
@@ -428,7 +440,8 @@ def _api_key(name: str, endpoint: Endpoint) -> str | None:
 
 
 def backend_from_endpoint(name: str, endpoint: Endpoint) -> OpenAICompatBackend:
-    """The backend of a spec endpoint, with its key resolved and its process-wide limiter."""
+    """The backend of a spec endpoint, with its key resolved and its process-wide limiters (rate and
+    in-flight), shared with every other backend of the same endpoint name."""
     return OpenAICompatBackend(
         name=name,
         base_url=endpoint.base_url,
@@ -439,4 +452,5 @@ def backend_from_endpoint(name: str, endpoint: Endpoint) -> OpenAICompatBackend:
         backoff_base_s=endpoint.backoff_base_s,
         backoff_max_s=endpoint.backoff_max_s,
         limiter=get_limiter(name, endpoint.requests_per_minute, endpoint.tokens_per_minute),
+        in_flight=get_in_flight(name, endpoint.max_in_flight),
     )

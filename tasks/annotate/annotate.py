@@ -41,6 +41,7 @@ def judge_model_id(spec: Spec) -> str:
         from infra.llm.heuristic import HEURISTIC_JUDGE_ID
 
         return HEURISTIC_JUDGE_ID
+    assert spec.judge.model is not None  # validated by the spec
     return spec.judge.model
 
 
@@ -200,7 +201,6 @@ def annotate_shard(
         every=every,
         label=label,
     )
-    judge = judge_model_id(spec)
 
     def parse(job: AspectJob | CritiqueJob, raw: str) -> Any:
         if isinstance(job, AspectJob):
@@ -213,7 +213,6 @@ def annotate_shard(
         else:
             critiques.add(_critique_row(spec, job, raw, parsed, tokens))
         report.succeeded += 1
-        report.add_tokens(judge, *tokens)
         if on_progress is not None:
             on_progress(1)
 
@@ -275,7 +274,7 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
         sampling = spec.judge.critique_sampling
     return LLMRequest(
         key=job.key,
-        model=spec.judge.model,
+        model=judge_model_id(spec),
         messages=messages,
         sampling={k: v for k, v in sampling.model_dump().items() if v is not None},
     )
@@ -298,6 +297,7 @@ def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: Stag
         ) -> None:
             job = pending[result.key]
             attempts[job.key] += result.attempts
+            report.add_tokens(judge_model_id(spec), result.input_tokens, result.output_tokens)
             if not result.ok:
                 reject(job, failure_from(ANNOTATIONS if isinstance(job, AspectJob) else CRITIQUES, shard, result))
                 return

@@ -1,7 +1,9 @@
 """Assign k distinct models per instruction and a principle + system prompt per completion.
 
-Everything is drawn from an RNG seeded by (spec seed, instruction id), so an instruction's
-assignment does not depend on which other instructions are in the run or on their order.
+Every draw is seeded by the spec seed and content ids only: the models by (seed, instruction id,
+model id), the principle and system prompt by (seed, instruction id, model id). So an
+instruction's assignment does not depend on the other instructions, on the order of the pool, or
+on models added to it beyond the one slot a new model may take.
 """
 
 from __future__ import annotations
@@ -39,6 +41,13 @@ def prompt_format_versions(spec: Spec) -> dict[str, str]:
     return versions
 
 
+def pick_models(seed: int, instruction_id: str, pool: Sequence[str], k: int) -> list[str]:
+    """The k models with the lowest hash(seed, instruction, model): independent of the pool's order,
+    and adding a model to the pool changes at most one pick per instruction (the new model enters
+    where it ranks among the top k), so a refresh regenerates as little as possible."""
+    return sorted(pool, key=lambda model: seeded_int(seed, "model", instruction_id, model))[:k]
+
+
 def _weighted_choice(rng: random.Random, weights: dict[str, float]) -> str:
     names = sorted(weights)
     return rng.choices(names, weights=[weights[n] for n in names], k=1)[0]
@@ -51,15 +60,14 @@ def assign(
     formats = prompt_format_versions(spec)
     prompts = principle_prompts(spec)
     sources = {s.name: s for s in spec.sources}
-    pool = [m.id for m in spec.models]
+    pool = sorted(m.id for m in spec.models)
     k = spec.completions_per_instruction
     requests: list[CompletionRequest] = []
     for instruction in instructions:
-        rng = random.Random(seeded_int(spec.seed, "assign", instruction.id))
-        models = rng.sample(pool, k)
         weights = sources[instruction.source].principles
-        for position, model_id in enumerate(models):
+        for position, model_id in enumerate(pick_models(spec.seed, instruction.id, pool, k)):
             entry = spec.model_entry(model_id)
+            rng = random.Random(seeded_int(spec.seed, "principle", instruction.id, model_id))
             principle = _weighted_choice(rng, weights)
             system_prompt = rng.choice(prompts[principle])
             sampling_json = spec.sampling.merged(entry.sampling).canonical_json()

@@ -109,6 +109,18 @@ def generate_shard(
                 result: LLMResult, model_id: str = model_id, originals: dict = originals, backend=backend
             ) -> None:
                 original = originals[result.key]
+                report.add_tokens(model_id, result.input_tokens, result.output_tokens)
+                if result.ok and not (result.text or "").strip():
+                    # an empty answer (content filter, null content, immediate stop) is a failure:
+                    # stored as a success it would block the gate and never be retried
+                    result = LLMResult(
+                        key=result.key,
+                        text=None,
+                        finish_reason=result.finish_reason,
+                        attempts=result.attempts,
+                        error=f"empty response (finish_reason={result.finish_reason or 'unknown'})",
+                        reason="empty_response",
+                    )
                 if result.ok:
                     checkpoint.add(
                         Completion(
@@ -124,7 +136,6 @@ def generate_shard(
                         )
                     )
                     report.succeeded += 1
-                    report.add_tokens(model_id, result.input_tokens, result.output_tokens)
                 else:
                     checkpoint.fail(failure_from(STAGE, shard, result))
                     report.failed[result.reason or "error"] += 1

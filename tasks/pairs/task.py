@@ -58,6 +58,7 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     schema = binarized_features().arrow_schema
     for split, split_rows in splits.items():
         store.write_table(f"{BINARIZED}/{split}.parquet", pa.Table.from_pylist(split_rows, schema=schema))
+    store.write_json(f"{BINARIZED}/dropped.json", dict(sorted(dropped.items())))
     return {
         "pairs": len(pairs),
         "binarized": len(rows),

@@ -41,11 +41,11 @@ def card_info_for(spec: Spec, gates: dict[str, Any]) -> dict[str, Any]:
     redacted by publish anyway."""
     return {
         "spec_hash": spec.spec_hash(),
-        "judge": spec.judge.model_dump(mode="json", exclude={"price"}),
+        "judge": spec.judge.model_dump(mode="json", exclude={"price", "endpoint", "parse_retries"}),
         "gates": gate_rows(gates),
         "pairs_score": spec.pairs.score,
         "binarize_rule": spec.binarize.rule,
-        "spec": spec.model_dump(mode="json", exclude={"store", "publish", "execution"}),
+        "spec": spec.data_dump(),
     }
 
 

@@ -120,6 +120,30 @@ def _annotate_rows() -> list[ScoredCompletion]:
     return rows
 
 
+LEADERBOARD_COUNTS = {"m0": 3, "m1": 3, "m2": 3, "m3": 4, "m4": 4, "m5": 3}
+"""Completions per model in ``_assign_rows`` (model = POOL[(i + slot) % 6]): 20 in all."""
+
+
+def _aggregate_rows() -> list[dict[str, Any]]:
+    """``AggregateResult.to_dict()["leaderboard"]``: one row per model, best mean first, nulls as None."""
+    rows = []
+    for n, (model, count) in enumerate(LEADERBOARD_COUNTS.items()):
+        rows.append(
+            {
+                "model": model,
+                "completions": count,
+                "mean_fine_grained": round(4.5 - n * 0.5, 4),
+                "mean_overall": None if n == 5 else 9.0 - n,  # a model whose critiques all failed
+                "mean_instruction_following": 1.0 + n * 0.8,
+                "mean_honesty": None if n == 0 else 3.0,  # every honesty rating "N/A"
+                "mean_truthfulness": 4.0,
+                "mean_helpfulness": 2.5,
+                "mean_response_tokens": 120.5,
+            }
+        )
+    return rows
+
+
 def _pairs_rows() -> list[Pair]:
     rows = []
     for i in range(N_INSTRUCTIONS):
@@ -172,6 +196,7 @@ BUILDERS: dict[str, Callable[[], list[Any]]] = {
     "assign": _assign_rows,
     "generate": _generate_rows,
     "annotate": _annotate_rows,
+    "aggregate": _aggregate_rows,
     "pairs": _pairs_rows,
     "binarized": _binarized_rows,
 }
@@ -191,6 +216,7 @@ CONTEXTS: dict[str, GateContext] = {
         expected_rows=N_INSTRUCTIONS * K,
         allowed_models=POOL,
     ),
+    "aggregate": GateContext(expected_completions=N_INSTRUCTIONS * K, allowed_models=POOL),
     "pairs": GateContext(gates=Gates(min_pairs=5)),
     "binarized": GateContext(strict_binarized=False),  # the H4 rule
 }
@@ -344,6 +370,34 @@ CASES: list[Case] = [
     Case("annotate", "overall_score in [1, 10]", _set(2, overall_score=11.0), 1),
     Case("annotate", "fine_grained_score in [1, 5]", _set(2, fine_grained_score=0.5), 1),
     Case("annotate", "row count", _frame, 20, ctx={"expected_rows": 21}),
+    # ---- aggregate (the leaderboard of 20 completions over the 6 pool models)
+    Case(
+        "aggregate",
+        "columns present",
+        _drop_column("mean_helpfulness"),
+        {"missing": ["mean_helpfulness"], "unexpected": []},
+        also=("mean_helpfulness in [1, 5]",),
+    ),
+    Case("aggregate", "model not null", _set(2, model=None), 1),
+    Case("aggregate", "model unique", _set(2, model="m0"), 2),
+    Case("aggregate", "model in pool", _set(2, model="gpt-9"), 1),
+    Case("aggregate", "completions not null", _set(2, completions=None), 1, also=("completions sum to expected",)),
+    # m5 has no completion but the total still adds up: only the per-model minimum fails
+    Case("aggregate", "completions >= 1", _edit({4: {"completions": 7}, 5: {"completions": 0}}), 1),
+    Case("aggregate", "completions sum to expected", _frame, 20, ctx={"expected_completions": 21}),
+    Case(
+        "aggregate",
+        "completions sum to expected",
+        lambda rows: _frame(rows).assign(completions=lambda df: df["completions"] * 2),
+        40,
+        label="read twice",
+    ),
+    Case("aggregate", "mean_fine_grained in [1, 5]", _set(1, mean_fine_grained=5.5), 1),
+    Case("aggregate", "mean_overall in [1, 10]", _set([1, 2], mean_overall=0.5), 2),
+    *[
+        Case("aggregate", f"mean_{aspect} in [1, 5]", _set(3, **{f"mean_{aspect}": 0.0}), 1)
+        for aspect in ASPECTS
+    ],
     # ---- pairs
     Case(
         "pairs",
@@ -442,6 +496,49 @@ def test_annotate_without_critique_ignores_overall_score() -> None:
     result = _gate("annotate", df, critique=False)
     assert result.passed, result.summary()
     assert "overall_score present" not in {c.name for c in result.checks}
+
+
+def test_aggregate_means_may_be_null_where_nothing_was_rated() -> None:
+    # A column of nulls only: pandas keeps None in an object column, which GX must still skip.
+    df = _set(list(range(6)), mean_overall=None, mean_honesty=None, mean_fine_grained=None)(_aggregate_rows())
+    assert df["mean_overall"].dtype == object
+    result = _gate("aggregate", df)
+    assert result.passed, result.summary()
+
+
+def test_aggregate_without_critique_ignores_mean_overall() -> None:
+    df = _set(0, mean_overall=42.0)(_aggregate_rows())
+    result = _gate("aggregate", df, critique=False)
+    assert result.passed, result.summary()
+    assert "mean_overall in [1, 10]" not in {c.name for c in result.checks}
+
+
+def test_aggregate_checks_only_the_judged_aspects() -> None:
+    df = _set(0, mean_honesty=0.0)(_aggregate_rows()).drop(columns=["mean_truthfulness"])
+    result = _gate("aggregate", df, aspects=["instruction_following", "helpfulness"])
+    assert result.passed, result.summary()
+    assert {"mean_honesty in [1, 5]", "mean_truthfulness in [1, 5]"}.isdisjoint(c.name for c in result.checks)
+
+
+def test_aggregate_total_explains_the_difference() -> None:
+    result = _gate("aggregate", _frame(_aggregate_rows()), expected_completions=24)
+    check = result.check("completions sum to expected")
+    assert (check.passed, check.observed, check.expected) == (False, 20, "== 24")
+    assert check.detail == "the leaderboard counts 20 completions over 6 models (expected 24, the scored completions)"
+
+
+def test_aggregate_of_an_empty_leaderboard_fails_without_raising() -> None:
+    result = _gate("aggregate", pd.DataFrame([]))
+    assert not result.passed
+    wanted = ["model", "completions", "mean_fine_grained", "mean_overall", "mean_response_tokens"]
+    wanted += [f"mean_{aspect}" for aspect in ASPECTS]
+    assert sorted(result.check("columns present").observed["missing"]) == sorted(wanted)
+    assert result.check("completions sum to expected").detail == "cannot evaluate: column completions missing"
+
+
+def test_aggregate_needs_expected_completions() -> None:
+    with pytest.raises(ValueError, match="GateContext.expected_completions"):
+        suite_for("aggregate", GateContext(allowed_models=POOL))
 
 
 def test_binarized_reports_why_a_chat_is_malformed() -> None:

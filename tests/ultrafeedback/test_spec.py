@@ -127,3 +127,34 @@ def test_spec_hash_ignores_store_and_execution(tmp_path):
 def test_shipped_specs_validate(name):
     spec = load_spec(REPO / "deployments" / "specs" / name)
     assert spec.completions_per_instruction <= len(spec.models)
+
+
+def test_spec_hash_ignores_endpoints_prices_and_retries(tmp_path):
+    path = write(tmp_path, minimal())
+    base = load_spec(path).spec_hash()
+    same = load_spec(
+        path,
+        [
+            "endpoints.api.base_url=http://127.0.0.1:2/v1",
+            "endpoints.api.max_in_flight=3",
+            "models.a.price.input_per_mtok=5",
+            "judge.parse_retries=9",
+            "gates.min_pairs=0",
+        ],
+    )
+    assert same.spec_hash() == base
+    assert load_spec(path, ["models.a.model=other"]).spec_hash() != base
+
+
+def test_model_judge_needs_a_model(tmp_path):
+    data = minimal()
+    data["judge"] = {"backend": "openai", "endpoint": "api"}
+    with pytest.raises(SpecError, match="judge: judge backend 'openai' needs a `model`"):
+        load_spec(write(tmp_path, data))
+
+
+def test_override_list_item_whose_id_has_dots(tmp_path):
+    data = minimal()
+    data["models"][1]["id"] = "small-t0.7"
+    spec = load_spec(write(tmp_path, data), ["models.small-t0.7.sampling.temperature=0.2"])
+    assert spec.model_entry("small-t0.7").sampling.temperature == 0.2

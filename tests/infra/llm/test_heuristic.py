@@ -219,5 +219,17 @@ def test_critique_is_deterministic() -> None:
     assert critique(QUESTION, GOOD, "Be honest.") == critique(QUESTION, GOOD, "Be honest.")
 
 
-def test_judge_id_is_the_spec_default() -> None:
-    assert Judge().model == HEURISTIC_JUDGE_ID
+def test_the_default_judge_records_the_heuristic_id() -> None:
+    from tasks.annotate.annotate import judge_kind, judge_model_id
+    from ultrafeedback.spec import validate_dict
+
+    spec = validate_dict(
+        {
+            "name": "t",
+            "sources": [{"name": "s", "loader": "jsonl", "path": "x"}],
+            "models": [{"id": "m", "backend": "embedded"}],
+            "completions_per_instruction": 1,
+        }
+    )
+    assert Judge().backend == "heuristic"
+    assert judge_model_id(spec) == HEURISTIC_JUDGE_ID and judge_kind(spec) == "heuristic"

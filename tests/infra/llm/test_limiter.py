@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from infra.llm.limiter import RateLimiter, get_limiter
+from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 
 
 def _offsets(limiter: RateLimiter, count: int, tokens: int = 0) -> list[float]:
@@ -141,3 +141,287 @@ def test_threads_with_their_own_loops_share_one_budget():
 def test_rates_must_be_positive():
     with pytest.raises(ValueError, match="requests per minute"):
         RateLimiter(0, None)
+
+
+# ----------------------------------------------------------------------------- in-flight limit
+def _run_in_thread(target) -> None:
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+async def _settle(rounds: int = 5) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+def _assert_fully_available(slots: InFlightLimit) -> None:
+    """Nothing held or queued, and ``limit`` acquires go through without waiting."""
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+    async def grab_all() -> None:
+        for _ in range(slots.limit):
+            await asyncio.wait_for(slots.acquire(), 1.0)
+        for _ in range(slots.limit):
+            slots.release()
+
+    asyncio.run(grab_all())
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_in_flight_limit_bounds_holders_and_hands_off_in_fifo_order():
+    slots = InFlightLimit(2)
+    order: list[int] = []
+    peak = 0
+
+    async def worker(i: int) -> None:
+        nonlocal peak
+        async with slots:
+            order.append(i)
+            peak = max(peak, slots.in_use)
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(worker(i) for i in range(10)))
+
+    asyncio.run(scenario())
+    assert peak == 2 and order == list(range(10))
+    _assert_fully_available(slots)
+
+
+def test_threads_with_their_own_loops_share_one_in_flight_limit():
+    slots = InFlightLimit(3)
+    gauge = threading.Lock()
+    current = peak = done = 0
+
+    def shard() -> None:
+        async def one() -> None:
+            nonlocal current, peak, done
+            async with slots:
+                with gauge:
+                    current += 1
+                    peak = max(peak, current)
+                await asyncio.sleep(0.002)
+                with gauge:
+                    current -= 1
+                    done += 1
+
+        async def run() -> None:
+            await asyncio.gather(*(one() for _ in range(40)))
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=shard) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert done == 160 and peak == 3  # four loops, one budget of three
+    _assert_fully_available(slots)
+
+
+def test_a_waiter_on_another_loop_is_woken_without_polling():
+    slots = InFlightLimit(1)
+    woke = threading.Event()
+    holding = threading.Event()
+
+    async def holder() -> None:
+        await slots.acquire()
+        holding.set()
+        await asyncio.sleep(0.3)
+        slots.release()  # hands the slot to the other thread's loop
+
+    def other() -> None:
+        async def wait() -> float:
+            holding.wait(5)
+            start = time.monotonic()
+            async with slots:
+                woke.set()
+            return time.monotonic() - start
+
+        waited.append(asyncio.run(wait()))
+
+    waited: list[float] = []
+    thread = threading.Thread(target=other)
+    thread.start()
+    asyncio.run(holder())
+    thread.join(timeout=5)
+    assert woke.is_set() and 0.2 <= waited[0] < 1.0
+    _assert_fully_available(slots)
+
+
+def test_a_waiter_cancelled_before_the_hand_off_leaves_the_queue():
+    slots = InFlightLimit(1)
+
+    async def scenario() -> None:
+        await slots.acquire()
+        waiter = asyncio.ensure_future(slots.acquire())
+        await _settle()
+        assert slots.waiting == 1
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert (slots.in_use, slots.waiting) == (1, 0)
+        slots.release()  # nobody to hand it to: the slot is free again
+
+    asyncio.run(scenario())
+    _assert_fully_available(slots)
+
+
+def test_a_waiter_cancelled_after_the_hand_off_on_its_own_loop_passes_the_slot_on():
+    slots = InFlightLimit(1)
+
+    async def scenario() -> None:
+        await slots.acquire()
+        cancelled = asyncio.ensure_future(slots.acquire())
+        behind = asyncio.ensure_future(slots.acquire())
+        await _settle()
+        slots.release()  # handed to `cancelled`, which has not resumed yet
+        assert slots.in_use == 1 and slots.waiting == 1
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        await asyncio.wait_for(behind, 1.0)  # the slot went on to the next waiter
+        assert (slots.in_use, slots.waiting) == (1, 0)
+        slots.release()
+
+    asyncio.run(scenario())
+    _assert_fully_available(slots)
+
+
+def test_a_waiter_cancelled_after_a_cross_thread_hand_off_gives_the_slot_back():
+    slots = InFlightLimit(1)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(slots.acquire())
+        waiter = loop.create_task(slots.acquire())
+        loop.run_until_complete(_settle())
+        assert slots.waiting == 1
+        _run_in_thread(slots.release)  # wake-up queued on `loop` with call_soon_threadsafe
+        assert (slots.in_use, slots.waiting) == (1, 0)
+        waiter.cancel()  # before the loop runs the wake-up
+        loop.run_until_complete(asyncio.gather(waiter, return_exceptions=True))
+        assert waiter.cancelled()
+    finally:
+        loop.close()
+    _assert_fully_available(slots)
+
+
+def test_cancelling_many_waiters_across_threads_leaks_nothing():
+    slots = InFlightLimit(4)
+    gauge = threading.Lock()
+    current = peak = 0
+
+    def shard(seed: int) -> None:
+        async def one() -> None:
+            nonlocal current, peak
+            async with slots:
+                with gauge:
+                    current += 1
+                    peak = max(peak, current)
+                try:
+                    await asyncio.sleep(0.001)  # some are cancelled here, holding a slot
+                finally:
+                    with gauge:
+                        current -= 1
+
+        async def run() -> None:
+            tasks = [asyncio.ensure_future(one()) for _ in range(60)]
+            for i, task in enumerate(tasks):
+                if (i + seed) % 3 == 0:
+                    await asyncio.sleep(0)
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run(run())
+
+    threads = [threading.Thread(target=shard, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert 1 <= peak <= 4
+    _assert_fully_available(slots)
+
+
+def test_a_waiter_whose_loop_closed_is_skipped():
+    slots = InFlightLimit(1)
+    dead = asyncio.new_event_loop()
+    dead.run_until_complete(slots.acquire())
+    orphan = dead.create_task(slots.acquire())
+    dead.run_until_complete(_settle())
+    orphan._log_destroy_pending = False  # it is abandoned on purpose
+    dead.close()  # without cancelling the waiter: it stays queued
+    assert slots.waiting == 1
+
+    async def live() -> None:
+        waiter = asyncio.ensure_future(slots.acquire())
+        await _settle()
+        assert slots.waiting == 2
+        slots.release()  # the closed loop's waiter is skipped; ours gets the slot
+        await asyncio.wait_for(waiter, 1.0)
+        assert (slots.in_use, slots.waiting) == (1, 0)
+        slots.release()
+
+    asyncio.run(live())
+    del orphan
+    _assert_fully_available(slots)
+
+
+def test_a_slot_handed_to_a_loop_that_then_closed_comes_back_with_its_coroutine():
+    slots = InFlightLimit(1)
+    dead = asyncio.new_event_loop()
+    dead.run_until_complete(slots.acquire())
+    orphan = dead.create_task(slots.acquire())
+    dead.run_until_complete(_settle())
+    orphan._log_destroy_pending = False
+    slots.release()  # no loop runs here: the wake-up is queued on `dead`, never to run
+    dead.close()
+    assert (slots.in_use, slots.waiting) == (1, 0)
+    orphan.get_coro().close()  # what the garbage collector does to the abandoned coroutine
+    _assert_fully_available(slots)
+
+
+def test_releasing_an_unheld_limit_is_an_error():
+    with pytest.raises(RuntimeError, match="more often"):
+        InFlightLimit(1).release()
+
+
+def test_raising_the_limit_wakes_waiters_and_lowering_it_waits_for_holders():
+    slots = InFlightLimit(1)
+
+    async def scenario() -> None:
+        await slots.acquire()
+        waiters = [asyncio.ensure_future(slots.acquire()) for _ in range(2)]
+        await _settle()
+        slots.set_limit(3)
+        await asyncio.wait_for(asyncio.gather(*waiters), 1.0)
+        assert slots.in_use == 3
+        slots.set_limit(1)
+        late = asyncio.ensure_future(slots.acquire())
+        await _settle()
+        slots.release()
+        slots.release()
+        await _settle()
+        assert not late.done()  # two released, but one is still held: the limit is 1
+        slots.release()
+        await asyncio.wait_for(late, 1.0)
+        slots.release()
+
+    asyncio.run(scenario())
+    _assert_fully_available(slots)
+
+
+def test_in_flight_limit_must_be_a_positive_integer():
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="in-flight limit"):
+            InFlightLimit(bad)
+
+
+def test_get_in_flight_gives_one_object_per_endpoint_and_applies_a_changed_limit():
+    name = f"endpoint-{uuid.uuid4().hex}"
+    first = get_in_flight(name, 8)
+    assert get_in_flight(name, 8) is first
+    assert get_in_flight(f"{name}-other", 8) is not first
+    assert get_in_flight(name, 16) is first and first.limit == 16

@@ -14,7 +14,7 @@ from email.utils import formatdate
 import pytest
 
 from infra.llm.base import LLMRequest, LLMResult
-from infra.llm.limiter import RateLimiter, get_limiter
+from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 from infra.llm.openai_compat import (
     MissingAPIKeyError,
     OpenAICompatBackend,
@@ -53,6 +53,7 @@ def backend(url: str, **overrides: object) -> OpenAICompatBackend:
         "backoff_base_s": 0.01,
         "backoff_max_s": 0.05,
         "limiter": None,
+        "in_flight": None,
     }
     settings.update(overrides)
     return OpenAICompatBackend(**settings)
@@ -273,6 +274,44 @@ def test_threads_sharing_an_endpoint_limiter_share_its_budget():
     assert elapsed >= 1.9  # 60 requests, 40 beyond the shared burst at 20/s
 
 
+def test_threads_sharing_an_endpoint_in_flight_limit_stay_within_it():
+    name = f"sim-{uuid.uuid4().hex}"
+    slots = get_in_flight(name, 5)
+    with Simulator(SimulatorConfig(latency_ms=40)) as sim:
+        # each backend alone would allow 16 on the wire; the endpoint's budget is 5 for all of them
+        shared = backend(sim.url, max_in_flight=16, in_flight=slots)
+        other = backend(sim.url, max_in_flight=16, in_flight=get_in_flight(name, 5))
+        outcomes: list[bool] = []
+
+        def shard(b: OpenAICompatBackend, offset: int) -> None:
+            results = run(b, [chat_request(offset + i) for i in range(25)])
+            outcomes.extend(r.ok for r in results.values())
+
+        threads = [
+            threading.Thread(target=shard, args=(b, 100 * t)) for t, b in enumerate((shared, shared, other))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        stats = sim.stats()
+    assert outcomes == [True] * 75 and stats["total"] == 75
+    assert stats["max_in_flight"] <= 5
+    assert stats["max_in_flight"] >= 3  # the shards did overlap (one shard alone reaches 5)
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_a_run_that_fails_midway_gives_back_every_shared_slot():
+    slots = InFlightLimit(3)
+
+    def explode(result: LLMResult) -> None:
+        raise OSError("checkpoint write failed")
+
+    with Simulator(SimulatorConfig(latency_ms=20)) as sim, pytest.raises(OSError, match="checkpoint"):
+        backend(sim.url, in_flight=slots).run([chat_request(i) for i in range(20)], explode)
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
 def test_run_works_when_called_from_inside_an_event_loop():
     with Simulator(SimulatorConfig()) as sim:
         b = backend(sim.url)
@@ -325,6 +364,17 @@ def test_backend_from_endpoint_reads_the_key_from_the_environment(monkeypatch):
         assert run_one(b).ok
     assert b.max_in_flight == 3 and b.limiter.requests_per_minute == 6000
     assert SECRET not in repr(b)
+
+
+def test_backends_of_one_endpoint_share_its_in_flight_limit():
+    name = f"ep-{uuid.uuid4().hex}"
+    first = backend_from_endpoint(name, Endpoint(base_url="http://127.0.0.1:9/v1", max_in_flight=3))
+    second = backend_from_endpoint(name, Endpoint(base_url="http://127.0.0.1:9/v1", max_in_flight=3))
+    other = backend_from_endpoint(f"{name}-other", Endpoint(base_url="http://127.0.0.1:9/v1", max_in_flight=3))
+    assert first.in_flight is second.in_flight is get_in_flight(name, 3)
+    assert other.in_flight is not first.in_flight
+    resized = backend_from_endpoint(name, Endpoint(base_url="http://127.0.0.1:9/v1", max_in_flight=7))
+    assert resized.in_flight is first.in_flight and first.in_flight.limit == 7
 
 
 def test_backend_from_endpoint_names_the_missing_variable(monkeypatch):

@@ -89,3 +89,15 @@ def test_unknown_prompt_format_is_a_spec_error_naming_the_model():
     spec = make_spec(models=[{"id": f"m{i}", "backend": "embedded", "prompt_format": "nope"} for i in range(4)])
     with pytest.raises(SpecError, match=r"models\[0\] \(m0\)\.prompt_format: unknown format 'nope'"):
         assign(instructions(2), spec)
+
+
+def test_pool_order_does_not_matter_and_a_new_model_changes_at_most_one_slot():
+    spec = make_spec()
+    base = {r.request_id for r in assign(instructions(), spec)}
+    models = [{"id": f"m{i}", "backend": "embedded"} for i in range(6)]
+    reordered = make_spec(models=list(reversed(models)))
+    assert {r.request_id for r in assign(instructions(), reordered)} == base
+    grown = assign(instructions(), make_spec(models=[*models, {"id": "m6", "backend": "embedded"}]))
+    new_by_instruction = Counter(r.instruction_id for r in grown if r.request_id not in base)
+    assert new_by_instruction and max(new_by_instruction.values()) == 1
+    assert all(r.model == "m6" for r in grown if r.request_id not in base)
