@@ -15,6 +15,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -249,6 +250,8 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         from tasks.aggregate.task import aggregate_task
 
         aggregated = aggregate_task(spec)
+        leaderboard = pd.DataFrame(aggregated["leaderboard"])
+        _gate(spec, store, summary, "aggregate", leaderboard, expected_completions=len(scored))
 
     with summary.stage("pairs"):
         from tasks.pairs.task import pairs_task

@@ -264,3 +264,48 @@ def test_cli_exit_codes_for_bad_input(tmp_path, capsys):
     assert "bad.yaml: invalid spec" in err and "sources:" in err
     assert main(["build", str(tmp_path / "none.yaml")]) == EXIT_INPUT
     assert "none.yaml: spec file not found" in capsys.readouterr().err
+
+
+def test_refresh_computes_only_new_keys(prefect_harness, sim, tmp_path):
+    """Adding instructions and a model to a finished build sends only the new units of work."""
+    from infra.store import Store
+    from tasks.common import read_requests
+
+    write_sources(tmp_path)
+    data = spec_data(tmp_path, sim.url)
+    spec_path = write_spec(tmp_path, data)
+    run_build(spec_path)
+    store = Store(str(tmp_path / "store"), "e2e")
+    before = {r.request_id for r in read_requests(store)}
+    old_instructions = {r.instruction_id for r in read_requests(store)}
+
+    with (tmp_path / "instructions.jsonl").open("a") as handle:
+        handle.write(json.dumps({"prompt": "Name two uses of copper."}) + "\n")
+    data["models"].append({"id": "sim-new", "backend": "openai", "endpoint": "sim", "model": "sim-model-new"})
+    write_spec(tmp_path, data)
+    sim.reset()
+    uri = run_build(spec_path)
+
+    requests = read_requests(store)
+    new_requests = {r.request_id for r in requests} - before
+    changed = {r.instruction_id for r in requests if r.request_id in new_requests}
+    stats = sim.stats()
+    assert stats["by_kind"]["generation"] == len(new_requests)
+    assert len(new_requests) < len(requests) / 2  # the new model took at most one slot per instruction
+    # judged again: the instructions whose completion set changed (4 aspects each) and the new critiques
+    assert stats["by_kind"]["judge_aspect"] == 4 * len(changed)
+    assert stats["by_kind"]["critique"] == len(new_requests)
+    assert len(changed - old_instructions) == 1
+    assert uri.endswith("/v2")
+
+
+def test_missing_api_key_stops_before_any_work(prefect_harness, sim, tmp_path, monkeypatch, capsys):
+    from ultrafeedback.cli import EXIT_INPUT, main
+
+    write_sources(tmp_path)
+    spec_path = write_spec(tmp_path, spec_data(tmp_path, sim.url))
+    monkeypatch.delenv("UF_E2E_KEY")
+    assert main(["build", str(spec_path)]) == EXIT_INPUT
+    assert "UF_E2E_KEY" in capsys.readouterr().err
+    assert sim.stats()["total"] == 0
+    assert not (tmp_path / "store" / "e2e" / "instructions").exists()

@@ -1,0 +1,86 @@
+"""generate_shard with a fake backend: checkpoints, failures as data, empty answers."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.checkpoint import failure_log
+from infra.llm.base import LLMResult
+from infra.store import Store
+from tasks.assign.assign import assign
+from tasks.generate.generate import STAGE, generate_shard
+from ultrafeedback.records import Completion, Instruction
+from ultrafeedback.spec import validate_dict
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, reply=lambda request: f"answer to {request.key}", crash_after: int | None = None):
+        self.reply = reply
+        self.crash_after = crash_after
+        self.sent: list[str] = []
+
+    def run(self, requests, on_result):
+        for index, request in enumerate(requests):
+            if self.crash_after is not None and index == self.crash_after:
+                raise RuntimeError("worker killed")
+            self.sent.append(request.key)
+            text = self.reply(request)
+            on_result(LLMResult(key=request.key, text=text, finish_reason="stop", input_tokens=3, output_tokens=5))
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    spec = validate_dict(
+        {
+            "name": "g",
+            "store": str(tmp_path),
+            "sources": [{"name": "s", "loader": "jsonl", "path": "x"}],
+            "models": [{"id": f"m{i}", "backend": "embedded"} for i in range(2)],
+            "completions_per_instruction": 2,
+            "execution": {"checkpoint_every": 2},
+        }
+    )
+    instructions = {
+        f"i{n}": Instruction(id=f"i{n}", source="s", instruction=f"question {n}", origin=f"x:{n}") for n in range(4)
+    }
+    requests = sorted(assign(list(instructions.values()), spec), key=lambda r: r.request_id)
+    backend = FakeBackend()
+    monkeypatch.setattr("infra.llm.factory.model_backend", lambda spec, entry: backend)
+    return spec, Store(str(tmp_path), "g"), instructions, requests, backend
+
+
+def test_results_are_stored_and_counted(setup):
+    spec, store, instructions, requests, backend = setup
+    report = generate_shard(spec, store, 0, requests, instructions)
+    stored = store.results(STAGE, Completion, key="request_id").rows()
+    assert {r["request_id"] for r in stored} == {r.request_id for r in requests}
+    assert report.succeeded == 8 and report.tokens == {"m0": [12, 20], "m1": [12, 20]}
+
+
+def test_a_crash_keeps_what_was_answered_and_a_rerun_sends_only_the_rest(setup):
+    spec, store, instructions, requests, backend = setup
+    backend.crash_after = 3
+    with pytest.raises(RuntimeError, match="worker killed"):
+        generate_shard(spec, store, 0, requests, instructions)
+    done = store.results(STAGE, Completion, key="request_id").keys()
+    assert len(done) == 3  # every answered request was checkpointed before the crash propagated
+    backend.crash_after, backend.sent = None, []
+    generate_shard(spec, store, 0, [r for r in requests if r.request_id not in done], instructions)
+    assert set(backend.sent) == {r.request_id for r in requests} - done
+
+
+def test_an_empty_answer_is_a_failure_not_a_completion(setup):
+    spec, store, instructions, requests, backend = setup
+    empty = requests[0].request_id
+    backend.reply = lambda request: "   " if request.key == empty else "fine"
+    report = generate_shard(spec, store, 0, requests, instructions)
+    assert empty not in store.results(STAGE, Completion, key="request_id").keys()
+    failures = failure_log(store, STAGE).rows()
+    assert [(f["key"], f["reason"]) for f in failures] == [(empty, "empty_response")]
+    assert report.failed == {"empty_response": 1}
+
