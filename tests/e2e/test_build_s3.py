@@ -18,6 +18,7 @@ import yaml
 
 from infra.simulator.config import SimulatorConfig
 from infra.simulator.server import Simulator
+from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
 from tests.s3_server import CREDENTIAL_STRINGS, MotoS3Server, bucket_objects, new_bucket, s3fs_for, set_credentials
 
 pytestmark = pytest.mark.e2e
@@ -65,23 +66,11 @@ def write_spec(folder: Path, sim_url: str, store: str, endpoint_url: str, s3_sou
             {"name": "mixed", "loader": "jsonl", "path": "instructions.jsonl", "fields": {"instruction": "prompt"}},
             {"name": "remote", "loader": "jsonl", "path": s3_source, "fields": {"instruction": "prompt"}},
         ],
-        "endpoints": {
-            "sim": {
-                "base_url": sim_url,
-                "api_key_env": "UF_S3_E2E_KEY",
-                "max_in_flight": 8,
-                "timeout_s": 5,
-                "max_retries": 4,
-                "backoff_base_s": 0.02,
-                "backoff_max_s": 0.2,
-            }
-        },
-        "models": [
-            {"id": f"sim-{i}", "backend": "openai", "endpoint": "sim", "model": f"sim-model-{i}"} for i in range(4)
-        ],
+        "endpoints": {"sim": sim_endpoint(sim_url, "UF_S3_E2E_KEY")},
+        "models": sim_models(4),
         "completions_per_instruction": K,
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 32},
-        "judge": {"backend": "openai", "endpoint": "sim", "model": "sim-judge", "parse_retries": 3},
+        "judge": SIM_JUDGE,
         "binarize": {"rule": "h4", "test_size": 0.34, "seed": 1},
         "execution": {"shard_size": 3, "checkpoint_every": 8, "storage_options": {"endpoint_url": endpoint_url}},
     }

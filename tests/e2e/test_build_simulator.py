@@ -10,6 +10,7 @@ import yaml
 
 from infra.simulator.config import SimulatorConfig
 from infra.simulator.server import Simulator
+from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
 
 pytestmark = pytest.mark.e2e
 
@@ -62,30 +63,11 @@ def spec_data(folder: Path, url: str, **changes: object) -> dict:
                 "world_knowledge": "answers",
             },
         ],
-        "endpoints": {
-            "sim": {
-                "base_url": url,
-                "api_key_env": "UF_E2E_KEY",
-                "max_in_flight": 8,
-                "timeout_s": 5,
-                "max_retries": 4,
-                "backoff_base_s": 0.02,
-                "backoff_max_s": 0.2,
-            }
-        },
-        "models": [
-            {
-                "id": f"sim-{i}",
-                "backend": "openai",
-                "endpoint": "sim",
-                "model": f"sim-model-{i}",
-                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0},
-            }
-            for i in range(5)
-        ],
+        "endpoints": {"sim": sim_endpoint(url, "UF_E2E_KEY")},
+        "models": sim_models(5, price={"input_per_mtok": 1.0, "output_per_mtok": 2.0}),
         "completions_per_instruction": K,
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
-        "judge": {"backend": "openai", "endpoint": "sim", "model": "sim-judge", "parse_retries": 3},
+        "judge": dict(SIM_JUDGE),
         "binarize": {"rule": "h4", "test_size": 0.25, "seed": 1},
         "execution": {"shard_size": 4, "checkpoint_every": 8},
     }

@@ -16,24 +16,14 @@ import pytest
 from tasks.ingest.dedup import jaccard, near_key, shingles
 from tasks.ingest.ingest import IngestResult, ingest
 from tasks.ingest.loaders import IngestError
+from tests.tasks.ingest.ingest_helpers import make_spec
 from ultrafeedback.keys import instruction_id
-from ultrafeedback.spec import Spec, validate_dict
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[3]
 
-
-def make_spec(base: Path, sources: list[dict[str, Any]], **extra: Any) -> Spec:
-    data = {
-        "name": "t",
-        "sources": sources,
-        "models": [{"id": "m", "backend": "embedded"}],
-        "completions_per_instruction": 1,
-        **extra,
-    }
-    return validate_dict(data, base_dir=str(base))
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> str:

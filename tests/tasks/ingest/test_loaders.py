@@ -20,7 +20,8 @@ from tasks.ingest.loaders import (
     load_benchmark_questions,
     parse_csv_list,
 )
-from ultrafeedback.spec import Spec, validate_dict
+from tests.tasks.ingest.ingest_helpers import make_spec, write_jsonl
+from ultrafeedback.spec import Spec
 
 
 @pytest.fixture(autouse=True)
@@ -29,25 +30,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
-def make_spec(base: Path, sources: list[dict[str, Any]], **extra: Any) -> Spec:
-    data = {
-        "name": "t",
-        "sources": sources,
-        "models": [{"id": "m", "backend": "embedded"}],
-        "completions_per_instruction": 1,
-        **extra,
-    }
-    return validate_dict(data, base_dir=str(base))
-
 
 def records(spec: Spec, index: int = 0, **kwargs: Any) -> list[Any]:
     return list(iter_source(spec.sources[index], spec, **kwargs))
 
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 # --------------------------------------------------------------------------- JSONL
