@@ -127,6 +127,19 @@ def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any
 # --------------------------------------------------------------------------- the flow
 
 
+def _reports(futures: Any) -> list[dict[str, Any]]:
+    """The shard reports, from completed shards and from shards that ended Failed because some of
+    their units failed (their report is the state's data). A shard that crashed re-raises."""
+    reports = []
+    for future in futures:
+        future.wait()
+        data = future.state.result(raise_on_failure=False)
+        if isinstance(data, BaseException):
+            raise data
+        reports.append(data)
+    return reports
+
+
 def _pending_generation(store: Store, requests: list[CompletionRequest]) -> list[CompletionRequest]:
     from tasks.generate.generate import STAGE as COMPLETIONS
 
@@ -201,7 +214,7 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         shards = sorted({r.shard for r in pending})
         logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
         with stage_bar(COMPLETIONS, len(pending)):
-            reports = generate_shard_task.map(unmapped(spec), shards).result() if shards else []
+            reports = _reports(generate_shard_task.map(unmapped(spec), shards)) if shards else []
         summary.add_reports(reports)
         request_ids = {r.request_id for r in requests}
         completions = {
@@ -230,7 +243,7 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         todo = {shard_of[j.completion_ids[0]] for j in aspect_jobs}
         todo |= {j.request.shard for j in critique_jobs}
         with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
-            reports = annotate_shard_task.map(unmapped(spec), sorted(todo)).result() if todo else []
+            reports = _reports(annotate_shard_task.map(unmapped(spec), sorted(todo))) if todo else []
         summary.add_reports(reports)
         scored_count = score_task(spec)
         scored = read_scored(store)

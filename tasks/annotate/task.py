@@ -28,7 +28,7 @@ def annotate_shard_task(spec: Spec, shard: int) -> dict[str, Any]:
     done_critiques = store.results(CRITIQUES, Critique, key="critique_key").keys()
     aspect_jobs, critique_jobs = plan_jobs(spec, requests, instructions, completions, done_annotations, done_critiques)
     report = annotate_shard(spec, store, shard, aspect_jobs, critique_jobs, progress_callback(ANNOTATIONS))
-    return report.to_dict()
+    return report.as_state()
 
 
 @task(name="score", cache_policy=NO_CACHE)

@@ -36,6 +36,20 @@ class StageReport:
         pair[0] += tokens_in
         pair[1] += tokens_out
 
+    def as_state(self) -> Any:
+        """The report as the shard task's result: a Failed state (with the report as its data) when
+        units failed, so the Prefect UI marks the shard failed while the flow goes on to its gate."""
+        if not self.failed:
+            return self.to_dict()
+        from prefect.states import Failed
+
+        reasons = ", ".join(f"{reason} {count}" for reason, count in self.failed.most_common())
+        message = (
+            f"shard {self.shard}: {sum(self.failed.values())} of {self.issued} {self.stage} failed ({reasons}); "
+            f"recorded under failures/{self.stage}, re-sent by the next run"
+        )
+        return Failed(message=message, data=self.to_dict())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,

@@ -23,4 +23,4 @@ def generate_shard_task(spec: Spec, shard: int) -> dict[str, Any]:
     pending = [r for r in requests if r.request_id not in done]
     instructions = read_instructions(store, {r.instruction_id for r in pending})
     report = generate_shard(spec, store, shard, pending, instructions, progress_callback(STAGE))
-    return report.to_dict()
+    return report.as_state()

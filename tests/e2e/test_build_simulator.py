@@ -189,6 +189,14 @@ def test_failed_requests_stop_the_run_and_a_rerun_sends_only_those(prefect_harne
     failed = status["failures"]["completions"]
     assert failed and {f["reason"] for f in failed} == {"http_500"}
     assert status["counts"]["completions"] == 36 - len(failed)
+    # the shards with failed requests show as Failed in Prefect, with the reasons in the message
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="generate-shard")))
+    failed_runs = [r for r in runs if r.state and r.state.type.value == "FAILED"]
+    assert failed_runs and all("http_500" in (r.state.message or "") for r in failed_runs)
 
     sim.update(rate_500=0.0)
     sim.reset()
