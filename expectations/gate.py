@@ -66,7 +66,9 @@ def get_context() -> AbstractDataContext:
             from great_expectations.data_context.types.base import ProgressBarsConfig
 
             # GX logs an INFO line per ephemeral context ("Created temporary directory ...")
+            # (that module sets its own logger to INFO, so the parent's level is not enough)
             logging.getLogger("great_expectations").setLevel(logging.WARNING)
+            logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False)

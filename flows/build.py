@@ -86,7 +86,7 @@ class BuildSummary:
         lines = ["", f"== build summary: {spec.name} =="]
         lines.append("counts:    " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
         sent = ", ".join(f"{k} {v}" for k, v in self.issued.items()) or "none (all results were stored)"
-        lines.append(f"requests:  {sent}")
+        lines.append(f"calls:     {sent}")
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
         lines.append(f"failures:  {failures}")
         cost = self.cost(spec)

@@ -143,6 +143,17 @@ _CACHE: dict[str, _Loaded] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _quiet_gguf_progress() -> None:
+    """transformers' GGUF de-quantising loop uses a bare ``tqdm`` that ignores its own
+    progress-bar switch; replace it in that module with a plain pass-through."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - older/newer transformers without the module
+        return
+    if hasattr(gguf_utils, "tqdm"):
+        gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+
+
 def load_model(location: WeightsLocation) -> _Loaded:
     """Load (or fetch from the process cache) the model and tokenizer at ``location``.
 
@@ -163,6 +174,7 @@ def load_model(location: WeightsLocation) -> _Loaded:
 
         hf_logging.disable_progress_bar()  # the CLI shows its own per-stage bars
         hf_logging.set_verbosity_error()
+        _quiet_gguf_progress()
         torch.set_num_threads(os.cpu_count() or 1)  # the load itself (de-quantising) uses every core
         kwargs: dict[str, Any] = {"local_files_only": True}
         if location.gguf_file:
