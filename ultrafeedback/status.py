@@ -43,11 +43,11 @@ def collect_status(store: Store) -> dict[str, Any]:
     failures["completions"] = [f for f in failures["completions"] if f["key"] in current]
     quarantine = store.results("quarantine", Quarantined).rows()
     dropped = store.results("dropped", Quarantined).rows()
-    gates = {
-        name.removesuffix(".json"): store.read_json(f"gates/{name}")
-        for name in store.ls("gates")
-        if name.endswith(".json")
-    }
+    from expectations.models import STAGES as GATE_ORDER
+
+    stored = {name.removesuffix(".json") for name in store.ls("gates") if name.endswith(".json")}
+    order = [stage for stage in GATE_ORDER if stage in stored] + sorted(stored - set(GATE_ORDER))
+    gates = {stage: store.read_json(f"gates/{stage}.json") for stage in order}
     from tasks.publish.publish import list_releases
 
     return {
