@@ -99,7 +99,14 @@ class Endpoint(_Strict):
     max_retries: int = Field(default=6, ge=0)
     backoff_base_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
-    batch_api: bool = False
+    batch_api: bool = Field(default=False, description="the provider's Batch API (not supported yet)")
+
+    @field_validator("batch_api")
+    @classmethod
+    def _no_batch_api_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("the Batch API path is not implemented yet; set batch_api: false")
+        return value
 
 
 class Price(_Strict):

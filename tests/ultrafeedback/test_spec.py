@@ -158,3 +158,8 @@ def test_override_list_item_whose_id_has_dots(tmp_path):
     data["models"][1]["id"] = "small-t0.7"
     spec = load_spec(write(tmp_path, data), ["models.small-t0.7.sampling.temperature=0.2"])
     assert spec.model_entry("small-t0.7").sampling.temperature == 0.2
+
+
+def test_batch_api_is_refused_rather_than_ignored(tmp_path):
+    with pytest.raises(SpecError, match=r"endpoints\.api\.batch_api: the Batch API path is not implemented yet"):
+        load_spec(write(tmp_path, minimal()), ["endpoints.api.batch_api=true"])
