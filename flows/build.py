@@ -20,8 +20,8 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.progress import stage_bar
-from infra.store import Store
-from tasks.common import read_instructions, read_requests, read_scored, store_for
+from infra.store import Store, rows_table
+from tasks.common import read_instructions, read_requests, read_scored, store_for, write_work
 from ultrafeedback.records import (
     AspectAnnotation,
     Completion,
@@ -174,7 +174,7 @@ def run_build(spec: Spec) -> str:
 
 
 def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, Any]:
-    from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, plan_jobs
+    from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, jobs_table, plan_jobs
     from tasks.annotate.task import annotate_shard_task, score_task
     from tasks.assign.task import assign_task
     from tasks.generate.generate import STAGE as COMPLETIONS
@@ -211,7 +211,11 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
 
     with summary.stage("generate"):
         pending = _pending_generation(store, requests)
-        shards = sorted({r.shard for r in pending})
+        by_shard: dict[int, list[CompletionRequest]] = {}
+        for request in pending:
+            by_shard.setdefault(request.shard, []).append(request)
+        write_work(store, COMPLETIONS, {n: rows_table(rows, CompletionRequest) for n, rows in by_shard.items()})
+        shards = sorted(by_shard)
         logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
         with stage_bar(COMPLETIONS, len(pending)):
             reports = _reports(generate_shard_task.map(unmapped(spec), shards)) if shards else []
@@ -240,8 +244,13 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
             spec, requests, instructions, completions, done_annotations, done_critiques
         )
         shard_of = {r.request_id: r.shard for r in requests}
-        todo = {shard_of[j.completion_ids[0]] for j in aspect_jobs}
-        todo |= {j.request.shard for j in critique_jobs}
+        jobs_by_shard: dict[int, tuple[list, list]] = {}
+        for job in aspect_jobs:
+            jobs_by_shard.setdefault(shard_of[job.completion_ids[0]], ([], []))[0].append(job)
+        for job in critique_jobs:
+            jobs_by_shard.setdefault(job.request.shard, ([], []))[1].append(job)
+        write_work(store, ANNOTATIONS, {n: jobs_table(*jobs) for n, jobs in jobs_by_shard.items()})
+        todo = set(jobs_by_shard)
         with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
             reports = _reports(annotate_shard_task.map(unmapped(spec), sorted(todo))) if todo else []
         summary.add_reports(reports)

@@ -56,6 +56,22 @@ def read_requests(store: Store) -> list[CompletionRequest]:
     return [CompletionRequest(**row) for row in table.to_pylist()]
 
 
+def work_path(stage: str, shard: int) -> str:
+    """Where the flow puts one shard's planned work for a stage (replaced on every run)."""
+    return f"work/{stage}/shard-{shard:05d}.parquet"
+
+
+def write_work(store: Store, stage: str, by_shard: dict[int, pa.Table]) -> None:
+    """Replace the stage's work files: the flow plans once, each shard task reads only its own."""
+    store.delete(f"work/{stage}")
+    for shard, table in sorted(by_shard.items()):
+        store.write_table(work_path(stage, shard), table)
+
+
+def read_work(store: Store, stage: str, shard: int) -> pa.Table:
+    return store.read_table(work_path(stage, shard))
+
+
 def load_shard_requests(store: Store, shard: int) -> list[CompletionRequest]:
     """The requests of one shard (written by assign as ``requests/shard-NNNNN.parquet``)."""
     path = f"{REQUESTS}/shard-{shard:05d}.parquet"

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from infra.checkpoint import Checkpointer, failure_log
 from infra.llm.base import LLMRequest, LLMResult
 from infra.store import Store
@@ -142,6 +144,66 @@ def plan_jobs(
                 if key not in done_critiques:
                     response = completions[request.request_id].response
                     critique_jobs.append(CritiqueJob(key, instruction, request, response))
+    return aspect_jobs, critique_jobs
+
+
+_JOB_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("instruction_id", pa.string(), nullable=False),
+        pa.field("aspect", pa.string()),
+        pa.field("completion_ids", pa.list_(pa.string())),
+        pa.field("texts", pa.list_(pa.string())),
+        pa.field("world_knowledge", pa.string()),
+        pa.field("request_id", pa.string()),
+        pa.field("response", pa.string()),
+    ]
+)
+
+
+def jobs_table(aspect_jobs: Sequence[AspectJob], critique_jobs: Sequence[CritiqueJob]) -> pa.Table:
+    """Planned judge calls as one table (the flow writes one per shard; the shard task reads it)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "key": job.key,
+            "kind": "aspect",
+            "instruction_id": job.instruction.id,
+            "aspect": job.aspect,
+            "completion_ids": job.completion_ids,
+            "texts": job.texts,
+            "world_knowledge": job.world_knowledge,
+        }
+        for job in aspect_jobs
+    ]
+    rows += [
+        {
+            "key": job.key,
+            "kind": "critique",
+            "instruction_id": job.instruction.id,
+            "request_id": job.request.request_id,
+            "response": job.response,
+        }
+        for job in critique_jobs
+    ]
+    return pa.Table.from_pylist(rows, schema=_JOB_SCHEMA)
+
+
+def jobs_from_table(
+    table: pa.Table, instructions: dict[str, Instruction], requests: dict[str, CompletionRequest]
+) -> tuple[list[AspectJob], list[CritiqueJob]]:
+    aspect_jobs: list[AspectJob] = []
+    critique_jobs: list[CritiqueJob] = []
+    for row in table.to_pylist():
+        instruction = instructions[row["instruction_id"]]
+        if row["kind"] == "aspect":
+            aspect_jobs.append(
+                AspectJob(
+                    row["key"], instruction, row["aspect"], row["completion_ids"], row["texts"], row["world_knowledge"]
+                )
+            )
+        else:
+            critique_jobs.append(CritiqueJob(row["key"], instruction, requests[row["request_id"]], row["response"]))
     return aspect_jobs, critique_jobs
 
 

@@ -8,25 +8,21 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.progress import progress_callback
-from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, annotate_shard, build_scored, plan_jobs
-from tasks.common import SCORED, filter_in, load_shard_requests, read_instructions, read_requests, store_for
+from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, annotate_shard, build_scored, jobs_from_table
+from tasks.common import SCORED, load_shard_requests, read_instructions, read_requests, read_work, store_for
 from tasks.generate.generate import STAGE as COMPLETIONS
 from ultrafeedback.records import AspectAnnotation, Completion, Critique, ScoredCompletion
 from ultrafeedback.spec import Spec
 
 
 @task(name="annotate-shard", cache_policy=NO_CACHE, task_run_name="annotate-shard-{shard}")
-def annotate_shard_task(spec: Spec, shard: int) -> dict[str, Any]:
-    """Rate and critique the shard's completions that have no stored judgement yet."""
+def annotate_shard_task(spec: Spec, shard: int) -> Any:
+    """Rate and critique as planned by the flow in ``work/annotations/`` for this shard."""
     store = store_for(spec)
-    requests = load_shard_requests(store, shard)
-    ids = {r.request_id for r in requests}
-    table = filter_in(store.results(COMPLETIONS, Completion, key="request_id").read(), "request_id", ids)
-    completions = {row["request_id"]: Completion(**row) for row in table.to_pylist()}
-    instructions = read_instructions(store, {r.instruction_id for r in requests})
-    done_annotations = store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key").keys()
-    done_critiques = store.results(CRITIQUES, Critique, key="critique_key").keys()
-    aspect_jobs, critique_jobs = plan_jobs(spec, requests, instructions, completions, done_annotations, done_critiques)
+    table = read_work(store, ANNOTATIONS, shard)
+    instructions = read_instructions(store, set(table.column("instruction_id").to_pylist()))
+    requests = {r.request_id: r for r in load_shard_requests(store, shard)}
+    aspect_jobs, critique_jobs = jobs_from_table(table, instructions, requests)
     report = annotate_shard(spec, store, shard, aspect_jobs, critique_jobs, progress_callback(ANNOTATIONS))
     return report.as_state()
 
