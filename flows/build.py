@@ -99,8 +99,6 @@ class BuildSummary:
 def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any, **facts: Any) -> None:
     """Run the stage's suite on its rows (records or a DataFrame); record the result; stop the run
     when it fails."""
-    import pandas as pd
-
     from expectations.gate import GateContext, enforce, run_gate
 
     if isinstance(rows, pd.DataFrame):
