@@ -85,7 +85,7 @@ class BuildSummary:
     def render(self, spec: Spec) -> str:
         lines = ["", f"== build summary: {spec.name} =="]
         lines.append("counts:    " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
-        sent = ", ".join(f"{k} {v}" for k, v in self.issued.items()) or "none (all results were stored)"
+        sent = ", ".join(f"{k} {v}" for k, v in self.issued.items()) or "none"
         lines.append(f"calls:     {sent}")
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
         lines.append(f"failures:  {failures}")

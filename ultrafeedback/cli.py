@@ -153,7 +153,11 @@ def _report_failure(exc: Exception) -> int:
     from tasks.ingest.loaders import IngestError
 
     if isinstance(exc, GateFailed):
-        print(f"error: {exc}\nthe run stopped at this gate; nothing was published.", file=sys.stderr)
+        print(
+            f"error: {exc}\nthe run stopped at this gate; nothing was published. The thresholds are the spec's "
+            "`gates` (e.g. --set gates.max_quarantined=10); `ultrafeedback status SPEC` lists what failed.",
+            file=sys.stderr,
+        )
         return EXIT_GATE
     if isinstance(exc, IngestError | MissingAPIKeyError):
         print(f"error: {exc}", file=sys.stderr)
