@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import pandas as pd
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.progress import stage_bar
@@ -29,6 +29,8 @@ from ultrafeedback.records import (
     Critique,
 )
 from ultrafeedback.spec import Spec, load_spec, validate_dict
+
+MAX_PARALLEL_SHARDS = 64
 
 
 class BuildSummary:
@@ -125,16 +127,30 @@ def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any
 # --------------------------------------------------------------------------- the flow
 
 
-def _reports(futures: Any) -> list[dict[str, Any]]:
-    """The shard reports, from completed shards and from shards that ended Failed because some of
-    their units failed (their report is the state's data). A shard that crashed re-raises."""
-    reports = []
-    for future in futures:
-        future.wait()
-        data = future.state.result(raise_on_failure=False)
-        if isinstance(data, BaseException):
-            raise data
-        reports.append(data)
+def _report_of(future: Any) -> dict[str, Any]:
+    """A shard's report, also from a shard that ended Failed because some of its units failed
+    (the report is the state's data). A shard that crashed re-raises."""
+    future.wait()  # sets the future's final state from the task's own result, not from the API
+    data = future.state.result(raise_on_failure=False)
+    if isinstance(data, BaseException):
+        raise data
+    return data
+
+
+def _run_shards(shard_task: Any, spec: Spec, shards: list[int]) -> list[dict[str, Any]]:
+    """Run one task per shard, ``execution.parallel_shards`` at a time (the flow's thread pool is
+    larger), and collect their reports."""
+    from prefect.futures import as_completed
+
+    queue = list(shards)
+    running: list[Any] = []
+    reports: list[dict[str, Any]] = []
+    while queue or running:
+        while queue and len(running) < spec.execution.parallel_shards:
+            running.append(shard_task.submit(spec, queue.pop(0)))
+        finished = next(as_completed(running))
+        running.remove(finished)
+        reports.append(_report_of(finished))
     return reports
 
 
@@ -216,7 +232,7 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         shards = sorted(by_shard)
         logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
         with stage_bar(COMPLETIONS, len(pending)):
-            reports = _reports(generate_shard_task.map(unmapped(spec), shards)) if shards else []
+            reports = _run_shards(generate_shard_task, spec, shards)
         summary.add_reports(reports)
         request_ids = {r.request_id for r in requests}
         completions = {
@@ -250,7 +266,7 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         write_work(store, ANNOTATIONS, {n: jobs_table(*jobs) for n, jobs in jobs_by_shard.items()})
         todo = set(jobs_by_shard)
         with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
-            reports = _reports(annotate_shard_task.map(unmapped(spec), sorted(todo))) if todo else []
+            reports = _run_shards(annotate_shard_task, spec, sorted(todo))
         summary.add_reports(reports)
         scored_count = score_task(spec)
         scored = read_scored(store)
@@ -327,7 +343,8 @@ def _report(
         pass
 
 
-@flow(name="build", task_runner=ThreadPoolTaskRunner(max_workers=4))
+# threads are created on demand; how many shards run at once is the spec's execution.parallel_shards
+@flow(name="build", task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_SHARDS))
 def build(
     spec_path: str = "deployments/specs/demo.yaml",
     overrides: list[str] | None = None,

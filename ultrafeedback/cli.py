@@ -90,13 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_build(spec_path: str, overrides: list[str]) -> int:
     from ultrafeedback.spec import load_spec
 
-    spec = load_spec(spec_path, overrides)  # fail fast, before Prefect starts
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+    load_spec(spec_path, overrides)  # fail fast, before Prefect starts
     from flows.build import build
 
-    runner = ThreadPoolTaskRunner(max_workers=spec.execution.parallel_shards)
-    uri = build.with_options(task_runner=runner)(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
+    uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
     sys.stderr.flush()
     print(uri, flush=True)
     return EXIT_OK

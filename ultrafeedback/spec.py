@@ -212,7 +212,7 @@ class Publish(_Strict):
 class Execution(_Strict):
     shard_size: int = Field(default=500, ge=1, description="instructions per shard")
     checkpoint_every: int = Field(default=64, ge=1, description="results per checkpoint write")
-    parallel_shards: int = Field(default=4, ge=1, description="shard tasks running at once (CLI runs)")
+    parallel_shards: int = Field(default=4, ge=1, le=64, description="shard tasks running at once")
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
