@@ -154,6 +154,15 @@ def _run_shards(shard_task: Any, spec: Spec, shards: list[int]) -> list[dict[str
     return reports
 
 
+def _compact(store: Store, stage: str, model: type, key: str) -> None:
+    """Merge a stage's checkpoint parts (and its failure log's) once the stage's shards are done,
+    so later reads open a few files rather than one per checkpoint."""
+    from infra.checkpoint import failure_log
+
+    store.results(stage, model, key).compact()
+    failure_log(store, stage).compact()
+
+
 def _pending_generation(store: Store, requests: list[CompletionRequest]) -> list[CompletionRequest]:
     from tasks.generate.generate import STAGE as COMPLETIONS
 
@@ -234,6 +243,7 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         with stage_bar(COMPLETIONS, len(pending)):
             reports = _run_shards(generate_shard_task, spec, shards)
         summary.add_reports(reports)
+        _compact(store, COMPLETIONS, Completion, "request_id")
         request_ids = {r.request_id for r in requests}
         completions = {
             c.request_id: c
@@ -268,6 +278,8 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
             reports = _run_shards(annotate_shard_task, spec, sorted(todo))
         summary.add_reports(reports)
+        _compact(store, ANNOTATIONS, AspectAnnotation, "annotation_key")
+        _compact(store, CRITIQUES, Critique, "critique_key")
         scored_count = score_task(spec)
         scored = read_scored(store)
         summary.counts["scored_completions"] = scored_count

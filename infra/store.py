@@ -177,8 +177,25 @@ class ResultLog:
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The union of the parts, deduplicated on the key (last write wins)."""
+        return self._read_parts(self.parts(), columns)
+
+    def compact(self, min_parts: int = 32) -> int:
+        """Merge the parts into one when there are at least ``min_parts``; returns how many parts
+        were merged. Parts written while this runs are kept (only the listed ones are removed), and
+        a crash in between leaves duplicates that reads resolve by key."""
+        names = self.parts()
+        if len(names) < min_parts:
+            return 0
+        table = self._read_parts(names, None)
+        name = f"{time.time_ns():020d}-compact-{uuid.uuid4().hex[:8]}.parquet"
+        self.store.write_table(f"{self.stage}/{name}", table)
+        for old in names:
+            self.store.delete(f"{self.stage}/{old}")
+        return len(names)
+
+    def _read_parts(self, names: list[str], columns: list[str] | None) -> pa.Table:
         tables = []
-        for name in self.parts():
+        for name in names:
             with self.store.fs.open(self.store.path(self.stage, name), "rb") as handle:
                 tables.append(pq.read_table(handle, columns=columns))
         if not tables:

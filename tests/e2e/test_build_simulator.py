@@ -136,11 +136,15 @@ def assert_no_secret(folder: Path) -> None:
 
 def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_path):
     write_sources(tmp_path)
-    spec_path = write_spec(tmp_path, spec_data(tmp_path, sim.url))
+    data = spec_data(tmp_path, sim.url)
+    data["execution"]["checkpoint_every"] = 1  # a part per result: the stage compacts them after
+    spec_path = write_spec(tmp_path, data)
 
     uri = run_build(spec_path)
     assert uri.endswith("/e2e/releases/v1")
     check_release(uri)
+    for stage in ("completions", "annotations", "critiques"):
+        assert len(list((tmp_path / "store" / "e2e" / stage).glob("*.parquet"))) == 1
     first = sim.stats()
     # 9 instructions x 4 completions, then 9 x 4 aspect calls and 36 critiques
     assert first["by_kind"] == {"generation": 36, "judge_aspect": 36, "critique": 36}
