@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import uuid
 from collections import Counter
 from contextlib import contextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.progress import stage_bar
 from infra.store import Store, rows_table
-from tasks.common import read_instructions, read_requests, read_scored, store_for, write_work
+from tasks.common import read_instructions, read_requests, read_scored, store_for, work_root, write_work
 from ultrafeedback.records import (
     AspectAnnotation,
     Completion,
@@ -137,20 +138,32 @@ def _report_of(future: Any) -> dict[str, Any]:
     return data
 
 
-def _run_shards(shard_task: Any, spec: Spec, shards: list[int]) -> list[dict[str, Any]]:
+def _run_shards(
+    shard_task: Any, spec: Spec, shards: list[int], run_id: str, summary: BuildSummary
+) -> list[dict[str, Any]]:
     """Run one task per shard, ``execution.parallel_shards`` at a time (the flow's thread pool is
-    larger), and collect their reports."""
+    larger), adding each report to the summary as it arrives. When a shard crashes, no new shard
+    starts; the running ones finish (their reports are kept) and the first crash is raised."""
     from prefect.futures import as_completed
 
     queue = list(shards)
     running: list[Any] = []
     reports: list[dict[str, Any]] = []
-    while queue or running:
-        while queue and len(running) < spec.execution.parallel_shards:
-            running.append(shard_task.submit(spec, queue.pop(0)))
+    crash: BaseException | None = None
+    while running or (queue and crash is None):
+        while queue and crash is None and len(running) < spec.execution.parallel_shards:
+            running.append(shard_task.submit(spec, queue.pop(0), run_id))
         finished = next(as_completed(running))
         running.remove(finished)
-        reports.append(_report_of(finished))
+        try:
+            report = _report_of(finished)
+        except BaseException as exc:  # noqa: BLE001 - re-raised once the running shards are done
+            crash = crash or exc
+            continue
+        reports.append(report)
+        summary.add_reports([report])
+    if crash is not None:
+        raise crash
     return reports
 
 
@@ -186,17 +199,19 @@ def run_build(spec: Spec) -> str:
     summary = BuildSummary()
     release: dict[str, Any] | None = None
     stopped: BaseException | None = None
+    run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     try:
-        release = _run_stages(spec, store, summary)
+        release = _run_stages(spec, store, summary, run_id)
     except BaseException as exc:
         stopped = exc
         raise
     finally:
+        store.delete(work_root(run_id))  # this run's plans; results live in the stage logs
         _report(spec, store, summary, release, stopped)
     return release["uri"]
 
 
-def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, Any]:
+def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) -> dict[str, Any]:
     from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, jobs_table, plan_jobs
     from tasks.annotate.task import annotate_shard_task, score_task
     from tasks.assign.task import assign_task
@@ -237,12 +252,11 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
         by_shard: dict[int, list[CompletionRequest]] = {}
         for request in pending:
             by_shard.setdefault(request.shard, []).append(request)
-        write_work(store, COMPLETIONS, {n: rows_table(rows, CompletionRequest) for n, rows in by_shard.items()})
+        write_work(store, run_id, COMPLETIONS, {n: rows_table(rows, CompletionRequest) for n, rows in by_shard.items()})
         shards = sorted(by_shard)
         logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
         with stage_bar(COMPLETIONS, len(pending)):
-            reports = _run_shards(generate_shard_task, spec, shards)
-        summary.add_reports(reports)
+            _run_shards(generate_shard_task, spec, shards, run_id, summary)
         _compact(store, COMPLETIONS, Completion, "request_id")
         request_ids = {r.request_id for r in requests}
         completions = {
@@ -273,11 +287,10 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary) -> dict[str, An
             jobs_by_shard.setdefault(shard_of[job.completion_ids[0]], ([], []))[0].append(job)
         for job in critique_jobs:
             jobs_by_shard.setdefault(job.request.shard, ([], []))[1].append(job)
-        write_work(store, ANNOTATIONS, {n: jobs_table(*jobs) for n, jobs in jobs_by_shard.items()})
+        write_work(store, run_id, ANNOTATIONS, {n: jobs_table(*jobs) for n, jobs in jobs_by_shard.items()})
         todo = set(jobs_by_shard)
         with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
-            reports = _run_shards(annotate_shard_task, spec, sorted(todo))
-        summary.add_reports(reports)
+            _run_shards(annotate_shard_task, spec, sorted(todo), run_id, summary)
         _compact(store, ANNOTATIONS, AspectAnnotation, "annotation_key")
         _compact(store, CRITIQUES, Critique, "critique_key")
         scored_count = score_task(spec)
@@ -346,7 +359,10 @@ def _report(
     data = summary.to_dict(spec)
     data["release"] = release["uri"] if release else None
     data["stopped"] = None if stopped is None else f"{type(stopped).__name__}: {stopped}"
-    store.write_json("runs/last.json", data)
+    try:
+        store.write_json("runs/last.json", data)
+    except Exception as exc:  # noqa: BLE001 - never mask why the run stopped
+        print(f"warning: could not record the run summary in the store: {exc}", file=sys.stderr)
     try:
         from prefect.artifacts import create_markdown_artifact
 

@@ -56,20 +56,25 @@ def read_requests(store: Store) -> list[CompletionRequest]:
     return [CompletionRequest(**row) for row in table.to_pylist()]
 
 
-def work_path(stage: str, shard: int) -> str:
-    """Where the flow puts one shard's planned work for a stage (replaced on every run)."""
-    return f"work/{stage}/shard-{shard:05d}.parquet"
+def work_root(run_id: str) -> str:
+    """One run's planned work (two runs of one dataset never read each other's plans); the flow
+    removes it when the run ends."""
+    return f"work/{run_id}"
 
 
-def write_work(store: Store, stage: str, by_shard: dict[int, pa.Table]) -> None:
-    """Replace the stage's work files: the flow plans once, each shard task reads only its own."""
-    store.delete(f"work/{stage}")
+def work_path(run_id: str, stage: str, shard: int) -> str:
+    """Where the flow puts one shard's planned work for a stage."""
+    return f"{work_root(run_id)}/{stage}/shard-{shard:05d}.parquet"
+
+
+def write_work(store: Store, run_id: str, stage: str, by_shard: dict[int, pa.Table]) -> None:
+    """The flow plans once; each shard task reads only its own file."""
     for shard, table in sorted(by_shard.items()):
-        store.write_table(work_path(stage, shard), table)
+        store.write_table(work_path(run_id, stage, shard), table)
 
 
-def read_work(store: Store, stage: str, shard: int) -> pa.Table:
-    return store.read_table(work_path(stage, shard))
+def read_work(store: Store, run_id: str, stage: str, shard: int) -> pa.Table:
+    return store.read_table(work_path(run_id, stage, shard))
 
 
 def load_shard_requests(store: Store, shard: int) -> list[CompletionRequest]:

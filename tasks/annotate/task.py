@@ -16,10 +16,10 @@ from ultrafeedback.spec import Spec
 
 
 @task(name="annotate-shard", cache_policy=NO_CACHE, task_run_name="annotate-shard-{shard}")
-def annotate_shard_task(spec: Spec, shard: int) -> Any:
+def annotate_shard_task(spec: Spec, shard: int, run_id: str) -> Any:
     """Rate and critique as planned by the flow in ``work/annotations/`` for this shard."""
     store = store_for(spec)
-    table = read_work(store, ANNOTATIONS, shard)
+    table = read_work(store, run_id, ANNOTATIONS, shard)
     instructions = read_instructions(store, set(table.column("instruction_id").to_pylist()))
     requests = {r.request_id: r for r in load_shard_requests(store, shard)}
     aspect_jobs, critique_jobs = jobs_from_table(table, instructions, requests)

@@ -15,10 +15,10 @@ from ultrafeedback.spec import Spec
 
 
 @task(name="generate-shard", cache_policy=NO_CACHE, task_run_name="generate-shard-{shard}")
-def generate_shard_task(spec: Spec, shard: int) -> Any:
+def generate_shard_task(spec: Spec, shard: int, run_id: str) -> Any:
     """Generate the shard's pending completions, as planned by the flow in ``work/completions/``."""
     store = store_for(spec)
-    pending = [CompletionRequest(**row) for row in read_work(store, STAGE, shard).to_pylist()]
+    pending = [CompletionRequest(**row) for row in read_work(store, run_id, STAGE, shard).to_pylist()]
     instructions = read_instructions(store, {r.instruction_id for r in pending})
     report = generate_shard(spec, store, shard, pending, instructions, progress_callback(STAGE))
     return report.as_state()
