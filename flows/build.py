@@ -21,8 +21,16 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.progress import stage_bar
-from infra.store import Store, rows_table
-from tasks.common import read_instructions, read_requests, read_scored, store_for, work_root, write_work
+from infra.store import Store
+from tasks.common import (
+    read_instructions,
+    read_requests,
+    read_scored,
+    requests_by_shard,
+    store_for,
+    work_root,
+    write_work,
+)
 from ultrafeedback.records import (
     AspectAnnotation,
     Completion,
@@ -220,7 +228,6 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) ->
     from tasks.ingest.task import ingest_task
 
     logger = get_run_logger()
-    allowed_models = [m.id for m in spec.models]
     k = spec.completions_per_instruction
 
     with summary.stage("ingest"):
@@ -235,7 +242,6 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) ->
             summary,
             "ingest",
             list(instructions.values()),
-            allowed_sources=[s.name for s in spec.sources],
             quarantined=ingested["quarantined"],
             quarantine_examples=ingested["quarantine_examples"],
         )
@@ -249,11 +255,9 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) ->
 
     with summary.stage("generate"):
         pending = _pending_generation(store, requests)
-        by_shard: dict[int, list[CompletionRequest]] = {}
-        for request in pending:
-            by_shard.setdefault(request.shard, []).append(request)
-        write_work(store, run_id, COMPLETIONS, {n: rows_table(rows, CompletionRequest) for n, rows in by_shard.items()})
-        shards = sorted(by_shard)
+        by_shard = requests_by_shard(pending)
+        write_work(store, run_id, COMPLETIONS, by_shard)
+        shards = list(by_shard)
         logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
         with stage_bar(COMPLETIONS, len(pending)):
             _run_shards(generate_shard_task, spec, shards, run_id, summary)
@@ -272,7 +276,6 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) ->
             "generate",
             list(completions.values()),
             expected_rows=len(requests),
-            allowed_models=allowed_models,
         )
 
     with summary.stage("annotate"):
@@ -293,9 +296,9 @@ def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) ->
             _run_shards(annotate_shard_task, spec, sorted(todo), run_id, summary)
         _compact(store, ANNOTATIONS, AspectAnnotation, "annotation_key")
         _compact(store, CRITIQUES, Critique, "critique_key")
-        scored_count = score_task(spec)
+        score_task(spec)
         scored = read_scored(store)
-        summary.counts["scored_completions"] = scored_count
+        summary.counts["scored_completions"] = len(scored)
         _gate(
             spec,
             store,

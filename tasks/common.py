@@ -77,6 +77,16 @@ def read_work(store: Store, run_id: str, stage: str, shard: int) -> pa.Table:
     return store.read_table(work_path(run_id, stage, shard))
 
 
+def requests_by_shard(requests: Iterable[CompletionRequest]) -> dict[int, pa.Table]:
+    """Shard number -> that shard's requests as a table, for the files written per shard."""
+    from infra.store import rows_table
+
+    grouped: dict[int, list[CompletionRequest]] = {}
+    for request in requests:
+        grouped.setdefault(request.shard, []).append(request)
+    return {shard: rows_table(rows, CompletionRequest) for shard, rows in sorted(grouped.items())}
+
+
 def load_shard_requests(store: Store, shard: int) -> list[CompletionRequest]:
     """The requests of one shard (written by assign as ``requests/shard-NNNNN.parquet``)."""
     path = f"{REQUESTS}/shard-{shard:05d}.parquet"

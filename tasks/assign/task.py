@@ -7,10 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.store import rows_table
 from tasks.assign.assign import assign, shard_instructions
-from tasks.common import REQUESTS, read_instructions, store_for
-from ultrafeedback.records import CompletionRequest
+from tasks.common import REQUESTS, read_instructions, requests_by_shard, store_for
 from ultrafeedback.spec import Spec
 
 
@@ -26,9 +24,7 @@ def assign_task(spec: Spec) -> dict[str, Any]:
     shard_of = shard_instructions(instructions, spec.execution.shard_size)
     requests = assign(instructions, spec, shard_of)
     store.delete(REQUESTS)
-    by_shard: dict[int, list[CompletionRequest]] = {}
-    for request in requests:
-        by_shard.setdefault(request.shard, []).append(request)
-    for shard, rows in sorted(by_shard.items()):
-        store.write_table(f"{REQUESTS}/shard-{shard:05d}.parquet", rows_table(rows, CompletionRequest))
-    return {"requests": len(requests), "shards": sorted(by_shard)}
+    by_shard = requests_by_shard(requests)
+    for shard, table in by_shard.items():
+        store.write_table(f"{REQUESTS}/shard-{shard:05d}.parquet", table)
+    return {"requests": len(requests), "shards": list(by_shard)}
