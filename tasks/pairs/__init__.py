@@ -11,6 +11,7 @@ from tasks.pairs.pairs import (
     prompt_id,
     score_key,
     split_binarized,
+    split_test_ids,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "prompt_id",
     "score_key",
     "split_binarized",
+    "split_test_ids",
 ]

@@ -20,6 +20,7 @@ what lets a refresh add instructions without reshuffling the ones already releas
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 from collections import Counter
@@ -340,9 +341,28 @@ def split_binarized(
     shuffled ``train_test_split`` would do). Rows keep their input order within a split.
     """
     n_test = n_test_rows(len(rows), test_size)
-    ranked = sorted(range(len(rows)), key=lambda i: (seeded_int(seed, "split", rows[i]["prompt_id"]), i))
-    test_index = set(ranked[:n_test])
+    test_index = _lowest_ranked(((row["prompt_id"], i) for i, row in enumerate(rows)), n_test, seed)
     return {
         "train_prefs": [row for i, row in enumerate(rows) if i not in test_index],
         "test_prefs": [row for i, row in enumerate(rows) if i in test_index],
     }
+
+
+def split_test_ids(keys: Iterable[tuple[str, str]], test_size: float | int = 0.1, seed: int = 42) -> set[str]:
+    """The instruction ids whose rows :func:`split_binarized` puts in ``test_prefs``, from key columns.
+
+    ``keys`` are the ``(instruction_id, prompt_id)`` of every binarized row, in any order. Binarized
+    rows are one per instruction and ordered by instruction id, so the instruction id breaks rank ties
+    exactly as ``split_binarized``'s row index does: the result equals that split on the whole list,
+    while a caller holds only these two columns (the pairs stage splits shard by shard).
+    """
+    keys = list(keys)
+    n_test = n_test_rows(len(keys), test_size)
+    return _lowest_ranked(((prompt, instruction) for instruction, prompt in keys), n_test, seed)
+
+
+def _lowest_ranked(items: Iterable[tuple[str, Any]], n: int, seed: int) -> set[Any]:
+    """The tie-breakers of the ``n`` items with the lowest ``(seeded_int(seed, "split", prompt_id),
+    tie-breaker)``, for ``(prompt_id, tie-breaker)`` items."""
+    ranked = ((seeded_int(seed, "split", prompt), tie) for prompt, tie in items)
+    return {tie for _, tie in heapq.nsmallest(n, ranked)}
