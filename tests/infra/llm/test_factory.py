@@ -1,0 +1,168 @@
+"""infra.llm.factory: one backend per endpoint configuration, shared endpoint budgets, the judge's
+backend, the up-front API key check and unknown backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import infra.llm.openai_compat as openai_compat
+from infra.llm import factory
+from infra.llm.limiter import get_in_flight, get_limiter, reset_limiters
+from infra.llm.openai_compat import MissingAPIKeyError, OpenAICompatBackend
+from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
+from ultrafeedback.spec import ModelEntry, Spec, validate_dict
+
+KEY_ENV = "UF_TEST_FACTORY_KEY"
+JUDGE_KEY_ENV = "UF_TEST_FACTORY_JUDGE_KEY"
+URL = "http://127.0.0.1:9/v1"  # never contacted: building a backend sends nothing
+
+
+def make_spec(
+    models: list[dict[str, Any]] | None = None,
+    judge: dict[str, Any] | None = None,
+    **endpoint: Any,
+) -> Spec:
+    data: dict[str, Any] = {
+        "name": "f",
+        "sources": [{"name": "s", "loader": "jsonl", "path": "x.jsonl"}],
+        "endpoints": {
+            "sim": {**sim_endpoint(URL, KEY_ENV), **endpoint},
+            "judge-api": sim_endpoint(URL, JUDGE_KEY_ENV),
+        },
+        "models": models if models is not None else sim_models(2),
+        "completions_per_instruction": 1,
+    }
+    if judge is not None:
+        data["judge"] = judge
+    return validate_dict(data)
+
+
+@pytest.fixture(autouse=True)
+def fresh_factory(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-models")
+    monkeypatch.setenv(JUDGE_KEY_ENV, "sk-judge")
+    factory.close_all()
+    reset_limiters()
+    yield
+    factory.close_all()
+    reset_limiters()
+
+
+@pytest.fixture
+def built(monkeypatch) -> list[str]:
+    """The endpoint names the factory builds a backend for, in order."""
+    names: list[str] = []
+    real = openai_compat.backend_from_endpoint
+
+    def spy(name, endpoint):
+        names.append(name)
+        return real(name, endpoint)
+
+    monkeypatch.setattr(openai_compat, "backend_from_endpoint", spy)
+    return names
+
+
+def test_models_on_one_endpoint_share_one_backend(built):
+    spec = make_spec()
+    first = factory.model_backend(spec, spec.models[0])
+    assert isinstance(first, OpenAICompatBackend) and first.name == "sim"
+    assert factory.model_backend(spec, spec.models[1]) is first
+    assert factory.model_backend(make_spec(), spec.models[0]) is first  # an equal spec object: same config
+    assert built == ["sim"]
+
+
+def test_a_changed_endpoint_config_gives_a_new_backend_on_the_same_budgets():
+    old_spec = make_spec()
+    old = factory.model_backend(old_spec, old_spec.models[0])
+    new_spec = make_spec(max_in_flight=3, requests_per_minute=120, timeout_s=7)
+    new = factory.model_backend(new_spec, new_spec.models[0])
+    assert new is not old and new.timeout_s == 7 and old.timeout_s == 5
+    assert new.limiter is old.limiter and new.in_flight is old.in_flight
+    # the shared objects are the endpoint's process-wide ones, reconfigured to the new spec
+    assert new.limiter is get_limiter("sim", 120, None) and new.limiter.requests_per_minute == 120
+    assert new.in_flight is get_in_flight("sim", 3) and new.in_flight.limit == 3
+
+
+def test_different_endpoints_get_different_budgets():
+    spec = make_spec(models=sim_models(1) + [{"id": "j", "backend": "openai", "endpoint": "judge-api", "model": "x"}])
+    a, b = (factory.model_backend(spec, m) for m in spec.models)
+    assert a is not b and a.limiter is not b.limiter and a.in_flight is not b.in_flight
+
+
+def test_the_judge_on_a_model_endpoint_shares_its_backend():
+    spec = make_spec(judge=SIM_JUDGE)
+    assert factory.judge_backend(spec) is factory.model_backend(spec, spec.models[0])
+
+
+def test_the_heuristic_judge_has_no_backend():
+    spec = make_spec()
+    assert spec.judge.backend == "heuristic"
+    with pytest.raises(ValueError, match="heuristic judge is not an LLM backend"):
+        factory.judge_backend(spec)
+
+
+def test_check_backends_builds_each_endpoint_in_use_once(built):
+    spec = make_spec(judge={**SIM_JUDGE, "endpoint": "judge-api"})
+    factory.check_backends(spec)
+    assert built == ["judge-api", "sim"]
+    factory.model_backend(spec, spec.models[0])
+    factory.judge_backend(spec)
+    assert built == ["judge-api", "sim"]  # the checked backends are the ones the run then uses
+
+
+def test_check_backends_names_the_missing_key_variable(monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    with pytest.raises(MissingAPIKeyError, match=f"endpoint 'sim' needs an API key: environment variable '{KEY_ENV}'"):
+        factory.check_backends(make_spec())
+
+
+def test_check_backends_checks_the_judge_endpoint_key(monkeypatch):
+    monkeypatch.delenv(JUDGE_KEY_ENV)
+    spec = make_spec(models=[{"id": "e", "backend": "embedded"}], judge={**SIM_JUDGE, "endpoint": "judge-api"})
+    with pytest.raises(MissingAPIKeyError, match=JUDGE_KEY_ENV):
+        factory.check_backends(spec)
+
+
+def test_check_backends_builds_nothing_for_embedded_and_vllm_models(monkeypatch, built):
+    import infra.llm.embedded
+    import infra.llm.vllm_backend
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("check_backends must not load a local model")
+
+    monkeypatch.setattr(infra.llm.embedded, "EmbeddedBackend", refuse)
+    monkeypatch.setattr(infra.llm.vllm_backend, "VLLMBackend", refuse)
+    monkeypatch.delenv(KEY_ENV)  # the unused endpoint's key is not needed either
+    spec = make_spec(models=[{"id": "e", "backend": "embedded"}, {"id": "v", "backend": "vllm", "model": "org/m"}])
+    factory.check_backends(spec)
+    assert built == []
+
+
+def test_vllm_models_share_a_backend_per_served_model(monkeypatch):
+    import infra.llm.vllm_backend
+
+    class Engine:
+        def __init__(self, model: str) -> None:
+            self.model = model
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(infra.llm.vllm_backend, "VLLMBackend", Engine)
+    spec = make_spec(
+        models=[
+            {"id": "v1", "backend": "vllm", "model": "org/m"},
+            {"id": "v2", "backend": "vllm", "model": "org/m"},
+            {"id": "v3", "backend": "vllm", "model": "org/other"},
+        ]
+    )
+    v1, v2, v3 = (factory.model_backend(spec, m) for m in spec.models)
+    assert v1 is v2 and v3 is not v1 and (v1.model, v3.model) == ("org/m", "org/other")
+
+
+def test_an_unknown_backend_is_refused():
+    entry = ModelEntry.model_construct(id="odd", backend="tgi", endpoint=None, model="m", path=None)
+    with pytest.raises(ValueError, match="model 'odd': unknown backend 'tgi'"):
+        factory.model_backend(make_spec(), entry)
