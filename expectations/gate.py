@@ -212,25 +212,11 @@ def _columns_check(
 def _count_check(
     name: str, passed: bool, kind: str, kwargs: dict[str, Any], result: dict[str, Any]
 ) -> CheckResult:
-    low, high = kwargs.get("min_value"), kwargs.get("max_value")
-    if low is not None and low == high:
-        expected = f"exactly {low}"
-    elif high is None:
-        expected = f">= {low}"
-    elif low is None:
-        expected = f"<= {high}"
-    else:
-        expected = f"between {low} and {high}"
+    from expectations.summary import count_check
+
     observed = jsonable(result.get("observed_value"))
-    return CheckResult(
-        name=name,
-        passed=passed,
-        observed=observed,
-        expected=expected,
-        threshold=low,
-        detail=f"{observed} rows (expected {expected})",
-        expectation=kind,
-    )
+    check = count_check(name, observed, kwargs.get("min_value"), kwargs.get("max_value"))
+    return check.model_copy(update={"passed": passed, "expectation": kind})
 
 
 def _rows_check(
@@ -238,6 +224,8 @@ def _rows_check(
 ) -> CheckResult:
     unexpected = int(result.get("unexpected_count") or 0)
     total = int(result.get("element_count") or 0)
+    # GX's `mostly` compares against the non-null rows, except for the not-null check itself
+    evaluated = total if "not_be_null" in kind else total - int(result.get("missing_count") or 0)
     mostly = kwargs.get("mostly", 1.0)
     mostly = 1.0 if mostly is None else float(mostly)
     if mostly >= 1.0:
@@ -268,6 +256,7 @@ def _rows_check(
         detail=detail,
         expectation=kind,
         examples=values,
+        evaluated=evaluated,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,6 +61,11 @@ class GateContext(BaseModel):
     quarantine_examples: list[dict[str, Any]] = Field(
         default_factory=list, description="a few Quarantined records (model_dump), shown on failure"
     )
+    scope: Literal["stage", "shard"] = Field(
+        default="stage",
+        description="'shard': the table is one shard of the stage; whole-stage checks (row counts, "
+        "rates over the stage) are left to the stage summary (expectations.summary)",
+    )
 
     @property
     def allow_ties(self) -> bool:
@@ -102,6 +107,9 @@ class CheckResult(BaseModel):
     detail: str = ""
     expectation: str = Field(default="pandas", description="the GX expectation type, or 'pandas'")
     examples: list[Any] = Field(default_factory=list)
+    evaluated: int | None = Field(
+        default=None, description="rows a row check judged (its `mostly` denominator); merges shard results"
+    )
 
 
 class GateResult(BaseModel):
@@ -173,6 +181,17 @@ def enforce(result: GateResult) -> GateResult:
     if not result.passed:
         raise GateFailed(result)
     return result
+
+
+def bounds_text(low: float | None, high: float | None) -> str:
+    """``exactly N``, ``>= N``, ``<= N`` or ``between N and M``: a count check's expectation."""
+    if low is not None and low == high:
+        return f"exactly {low}"
+    if high is None:
+        return f">= {low if low is not None else 0}"
+    if low is None:
+        return f"<= {high}"
+    return f"between {low} and {high}"
 
 
 def jsonable(value: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from expectations.models import STAGES, CheckResult, GateContext
+from expectations.summary import rate_check
 from ultrafeedback.records import (
     Completion,
     CompletionRequest,
@@ -62,6 +63,7 @@ LEADERBOARD_COLUMNS: tuple[str, ...] = (
 )
 """Columns of ``AggregateResult.leaderboard`` besides ``mean_<aspect>``, one per judged aspect."""
 COMPLETIONS_TOTAL = "completions sum to expected"
+GENERATED = "requests gave a non-empty response"
 
 
 def suite_name(stage: str) -> str:
@@ -377,7 +379,10 @@ def suite_for(stage: str, ctx: GateContext) -> gx.ExpectationSuite:
     import great_expectations as gx
 
     _check_stage(stage)
-    return gx.ExpectationSuite(name=suite_name(stage), expectations=BUILDERS[stage](ctx))
+    expectations = BUILDERS[stage](ctx)
+    if ctx.scope == "shard":  # row counts are whole-stage facts: the stage summary checks them
+        expectations = [e for e in expectations if not type(e).__name__.startswith("ExpectTableRowCount")]
+    return gx.ExpectationSuite(name=suite_name(stage), expectations=expectations)
 
 
 # --------------------------------------------------------------------------- derived columns
@@ -469,7 +474,7 @@ def _k_rows_per_instruction(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
     )
 
 
-def _quarantine(ctx: GateContext) -> CheckResult:
+def quarantine_check(ctx: GateContext) -> CheckResult:
     limit = ctx.gates.max_quarantined
     examples = [
         {key: str(item.get(key, ""))[:200] for key in ("source", "origin", "reason", "detail")}
@@ -497,20 +502,8 @@ def _generation_success(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
     if missing:
         return missing
     assert ctx.expected_rows is not None
-    rate = ctx.gates.min_generation_success
     good = int(df["response"].astype("string").str.contains(r"\S", regex=True).fillna(False).sum())
-    observed = good / ctx.expected_rows if ctx.expected_rows else 1.0
-    return CheckResult(
-        name=name,
-        passed=observed >= rate,
-        observed=round(observed, 6),
-        expected=f">= {rate:.4g}",
-        threshold=rate,
-        detail=(
-            f"{good} of {ctx.expected_rows} requests gave a non-empty response "
-            f"({observed:.1%}; expected >= {rate:.1%})"
-        ),
-    )
+    return rate_check(name, good, ctx.expected_rows, ctx.gates.min_generation_success, GENERATED, "pandas")
 
 
 def _completions_total(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
@@ -540,8 +533,10 @@ def _completions_total(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
 def pandas_checks(stage: str, df: pd.DataFrame, ctx: GateContext) -> list[CheckResult]:
     """The stage's checks that no GX expectation expresses, computed directly."""
     _check_stage(stage)
+    if ctx.scope == "shard":  # whole-stage checks: the stage summary computes them
+        return [_k_rows_per_instruction(df, ctx)] if stage == "assign" else []
     if stage == "ingest":
-        return [_quarantine(ctx)]
+        return [quarantine_check(ctx)]
     if stage == "assign":
         return [_k_rows_per_instruction(df, ctx)]
     if stage == "generate" and ctx.expected_rows is not None:

@@ -1,9 +1,13 @@
-"""The ``build`` flow: spec -> ingest -> assign -> generate -> annotate -> aggregate -> pairs ->
-publish, with a Great Expectations gate after every stage.
+"""The ``build`` flow: a loop over the stages of ``tasks.stages`` with their Great Expectations
+gates: ingest -> assign -> generate -> annotate -> score -> aggregate -> pairs -> publish.
 
-Orchestration only. Work that calls models runs as one Prefect task per shard (never per row);
-every stage reads what the store already holds and computes only the missing content keys, so a
-rerun of a finished build sends no request at all.
+Orchestration only. A sharded stage runs as one Prefect task per shard (never per row), and
+consecutive stages marked ``overlap`` run as one pipeline per shard: a shard's annotation starts
+as soon as its completions are stored, while other shards still generate. Each shard task also
+runs its stage's gate on that shard; the flow merges the shards' results with the stage's summary
+checks and stops the run when the merged gate fails. Every stage computes only the missing content
+keys, and unchanged shards are skipped by fingerprint, so a rerun of a finished build sends no
+request and reads key columns and Parquet footers only.
 """
 
 from __future__ import annotations
@@ -16,27 +20,15 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
-import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.progress import stage_bar
 from infra.store import Store
-from tasks.common import (
-    read_instructions,
-    read_requests,
-    read_scored,
-    requests_by_shard,
-    store_for,
-    work_root,
-    write_work,
-)
-from ultrafeedback.records import (
-    AspectAnnotation,
-    Completion,
-    CompletionRequest,
-    Critique,
-)
+from tasks.common import store_for
+from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
+from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.spec import Spec, load_spec, validate_dict
 
 MAX_PARALLEL_SHARDS = 64
@@ -61,9 +53,15 @@ class BuildSummary:
         finally:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.monotonic() - started, 3)
 
+    def span(self, name: str, started: float, ended: float) -> None:
+        """A stage that overlaps others: its wall time is from its first shard's start to its last
+        shard's end."""
+        self.seconds[name] = round(ended - started, 3)
+
     def add_reports(self, reports: list[dict[str, Any]]) -> None:
         for report in reports:
-            self.issued[report["stage"]] += report["issued"]
+            if report["issued"]:
+                self.issued[report["stage"]] += report["issued"]
             for reason, count in report["failed"].items():
                 self.failures[f"{report['stage']}:{reason}"] += count
             for model, (tokens_in, tokens_out) in report["tokens"].items():
@@ -107,38 +105,80 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-def _gate(spec: Spec, store: Store, summary: BuildSummary, stage: str, rows: Any, **facts: Any) -> None:
-    """Run the stage's suite on its rows (records or a DataFrame); record the result; stop the run
-    when it fails."""
-    from expectations.gate import GateContext, enforce, run_gate
+# --------------------------------------------------------------------------- gates
 
-    if isinstance(rows, pd.DataFrame):
-        frame = rows
-    else:
-        frame = pd.DataFrame([r.model_dump() if hasattr(r, "model_dump") else r for r in rows])
-    context = GateContext.from_spec(spec, **facts)
-    result = run_gate(stage, frame, context)
-    summary.gates[stage] = result.to_dict()
-    store.write_json(f"gates/{stage}.json", result.to_dict())
+
+def _unit_name(unit: Any) -> str:
+    if isinstance(unit, int):
+        return f"shard-{unit:05d}"
+    return str(unit).replace("/", "__").removesuffix(".parquet")
+
+
+def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
+    """Run a gate's suite on one unit (a shard) and keep the result in ``gates/{suite}/``; an
+    unchanged unit under an unchanged context reuses the kept result without reading its rows."""
+    from expectations.gate import GateContext, GateResult, run_gate
+
+    got = gate.rows(run, unit)
+    if got is None:
+        return None
+    digest, rows = got
+    facts = gate.facts(run) if gate.facts else {}
+    context = GateContext.from_spec(run.spec, scope=gate.scope, **facts)
+    key = fingerprint("gate", gate.suite, digest, context.model_dump_json())
+    path = f"gates/{gate.suite}/{_unit_name(unit)}.json"
+    kept = run.store.read_json(path)
+    if kept and kept.get("key") == key:
+        return GateResult(**kept["result"])
+    result = run_gate(gate.suite, rows(), context)
+    run.store.write_json(path, {"key": key, "result": result.to_dict()})
+    return result
+
+
+def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]) -> None:
+    """Merge the units' results with the stage summary; record it; stop the run when it fails."""
+    from expectations.gate import enforce
+    from expectations.suites import suite_name
+    from expectations.summary import merge
+
+    checks = gate.summary(run) if gate.summary else []
+    result = merge(gate.suite, suite_name(gate.suite), [r for r in results if r is not None], checks)
+    summary.gates[gate.suite] = result.to_dict()
+    run.store.write_json(f"gates/{gate.suite}.json", result.to_dict())
     try:
         from prefect.artifacts import create_table_artifact
 
         create_table_artifact(
-            key=f"gate-{stage}".replace("_", "-"),
+            key=f"gate-{gate.suite}".replace("_", "-"),
             table=result.table(),
-            description=f"Great Expectations gate `{stage}`: {'passed' if result.passed else 'FAILED'}",
+            description=f"Great Expectations gate `{gate.suite}`: {'passed' if result.passed else 'FAILED'}",
         )
     except Exception:  # noqa: BLE001 - artifacts are best effort outside a server
         pass
     enforce(result)
 
 
-# --------------------------------------------------------------------------- the flow
+# --------------------------------------------------------------------------- shard tasks
+
+
+@task(name="shard", cache_policy=NO_CACHE, task_run_name="{stage}-shard-{shard}")
+def shard_task(spec: Spec, stage: str, shard: int, run_id: str) -> Any:
+    """One stage on one shard, then the stage's gates on that shard. Returns the report and the
+    gate results; a Failed state (with them as its data) when some units failed, so the Prefect UI
+    marks the shard failed while the flow goes on to the stage's gate."""
+    run = Run.get(spec, run_id)
+    current = run.stage(stage)
+    report: ShardReport = current.run_shard(run, shard)
+    gates = {}
+    for gate in current.gates:
+        result = gate_unit(run, gate, shard)
+        gates[gate.suite] = None if result is None else result.to_dict()
+    return report.as_state(extra={"gates": gates})
 
 
 def _report_of(future: Any) -> dict[str, Any]:
-    """A shard's report, also from a shard that ended Failed because some of its units failed
-    (the report is the state's data). A shard that crashed re-raises."""
+    """A shard's data, also from a shard that ended Failed because some of its units failed
+    (the data is the state's). A shard that crashed re-raises."""
     future.wait()  # sets the future's final state from the task's own result, not from the API
     data = future.state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
@@ -146,49 +186,55 @@ def _report_of(future: Any) -> dict[str, Any]:
     return data
 
 
-def _run_shards(
-    shard_task: Any, spec: Spec, shards: list[int], run_id: str, summary: BuildSummary
-) -> list[dict[str, Any]]:
-    """Run one task per shard, ``execution.parallel_shards`` at a time (the flow's thread pool is
-    larger), adding each report to the summary as it arrives. When a shard crashes, no new shard
-    starts; the running ones finish (their reports are kept) and the first crash is raised."""
+def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[str, dict[str, list[Any]]]:
+    """Run ``group`` (consecutive sharded stages) as one pipeline per shard: a shard enters the
+    next stage as soon as it leaves the previous one; ``execution.parallel_shards`` shards are in
+    the pipeline at once. Reports reach the summary as they arrive. When a shard task crashes no
+    new shard starts, the running ones finish their current stage (their results are kept) and
+    the first crash is raised. Returns stage -> suite -> the shards' gate results."""
     from prefect.futures import as_completed
 
-    queue = list(shards)
-    running: list[Any] = []
-    reports: list[dict[str, Any]] = []
+    from expectations.gate import GateResult
+
+    queue = run.shards()
+    running: dict[Any, tuple[int, int]] = {}
+    gates: dict[str, dict[str, list[Any]]] = {stage.name: {} for stage in group}
+    spans: dict[str, list[float]] = {}
     crash: BaseException | None = None
+    active = 0
+
+    def submit(shard: int, index: int) -> None:
+        spans.setdefault(group[index].name, [time.monotonic(), 0.0])
+        running[shard_task.submit(run.spec, group[index].name, shard, run.run_id)] = (shard, index)
+
     while running or (queue and crash is None):
-        while queue and crash is None and len(running) < spec.execution.parallel_shards:
-            running.append(shard_task.submit(spec, queue.pop(0), run_id))
-        finished = next(as_completed(running))
-        running.remove(finished)
+        while queue and crash is None and active < run.spec.execution.parallel_shards:
+            submit(queue.pop(0), 0)
+            active += 1
+        finished = next(as_completed(list(running)))
+        shard, index = running.pop(finished)
+        spans[group[index].name][1] = time.monotonic()
         try:
-            report = _report_of(finished)
+            data = _report_of(finished)
         except BaseException as exc:  # noqa: BLE001 - re-raised once the running shards are done
             crash = crash or exc
+            active -= 1
             continue
-        reports.append(report)
-        summary.add_reports([report])
+        summary.add_reports([data])
+        for suite, result in (data.get("gates") or {}).items():
+            gates[group[index].name].setdefault(suite, []).append(None if result is None else GateResult(**result))
+        if index + 1 < len(group) and crash is None:
+            submit(shard, index + 1)
+        else:
+            active -= 1
+    for name, (started, ended) in spans.items():
+        summary.span(name, started, ended)
     if crash is not None:
         raise crash
-    return reports
+    return gates
 
 
-def _compact(store: Store, stage: str, model: type, key: str) -> None:
-    """Merge a stage's checkpoint parts (and its failure log's) once the stage's shards are done,
-    so later reads open a few files rather than one per checkpoint."""
-    from infra.checkpoint import failure_log
-
-    store.results(stage, model, key).compact()
-    failure_log(store, stage).compact()
-
-
-def _pending_generation(store: Store, requests: list[CompletionRequest]) -> list[CompletionRequest]:
-    from tasks.generate.generate import STAGE as COMPLETIONS
-
-    done = store.results(COMPLETIONS, Completion, key="request_id").keys()
-    return [r for r in requests if r.request_id not in done]
+# --------------------------------------------------------------------------- the build
 
 
 def run_build(spec: Spec) -> str:
@@ -203,146 +249,94 @@ def run_build(spec: Spec) -> str:
     prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     check_backends(spec)  # a missing API key too
     store = store_for(spec)
-    store.delete("gates")  # gate results describe the current run only
+    for name in store.ls("gates"):  # stage results describe the current run only (shard results are reused)
+        if name.endswith(".json"):
+            store.delete(f"gates/{name}")
     summary = BuildSummary()
-    release: dict[str, Any] | None = None
     stopped: BaseException | None = None
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    run = Run.start(spec, run_id)
     try:
-        release = _run_stages(spec, store, summary, run_id)
+        _run_stages(run, summary)
     except BaseException as exc:
         stopped = exc
         raise
     finally:
-        store.delete(work_root(run_id))  # this run's plans; results live in the stage logs
-        _report(spec, store, summary, release, stopped)
-    return release["uri"]
+        Run.forget(run_id)
+        _report(spec, store, summary, run.facts.get("release"), stopped)
+    return run.facts["release"]["uri"]
 
 
-def _run_stages(spec: Spec, store: Store, summary: BuildSummary, run_id: str) -> dict[str, Any]:
-    from tasks.annotate.annotate import ANNOTATIONS, CRITIQUES, jobs_table, plan_jobs
-    from tasks.annotate.task import annotate_shard_task, score_task
-    from tasks.assign.task import assign_task
-    from tasks.generate.generate import STAGE as COMPLETIONS
-    from tasks.generate.task import generate_shard_task
-    from tasks.ingest.task import ingest_task
+def _groups(all_stages: list[Stage]) -> list[list[Stage]]:
+    """The stages in order, a sharded stage grouped with the ``overlap`` stages that follow it."""
+    groups: list[list[Stage]] = []
+    for stage in all_stages:
+        if groups and stage.sharded and stage.overlap and groups[-1][-1].sharded:
+            groups[-1].append(stage)
+        else:
+            groups.append([stage])
+    return groups
 
+
+def _counts(run: Run, summary: BuildSummary, stage: Stage) -> None:
+    """The summary's counts after a stage, from run facts and Parquet footers."""
+    store, counts, facts = run.store, summary.counts, run.facts
+
+    def rows(name: str) -> int:
+        return sum(store.num_rows(OUTPUTS[name].shard_path(s)) for s in run.shards())
+
+    if stage.name == "ingest":
+        counts.update(instructions=facts["instructions"], quarantined=facts["quarantined"], dropped=facts["dropped"])
+    elif stage.name == "assign":
+        counts.update(shards=len(run.shards()), requests=rows("requests"))
+    elif stage.name == "generate":
+        done = run.log("completions").index()
+        counts["completions"] = sum(1 for i in run.column("requests", "request_id") if i in done)
+    elif stage.name == "score":
+        counts["scored_completions"] = rows("scored")
+    elif stage.name == "pairs":
+        info = facts["pairs"]
+        counts.update(pairs=info["pairs"], binarized=info["binarized"])
+        for reason, count in info["binarize_dropped"].items():
+            counts[f"binarize_dropped:{reason}"] = count
+
+
+def _run_stages(run: Run, summary: BuildSummary) -> None:
     logger = get_run_logger()
-    k = spec.completions_per_instruction
+    for group in _groups(run.stages):
+        if group[0].sharded:
+            logger.info("%s: %d shards", " + ".join(s.name for s in group), len(run.shards()))
+            with stage_bars([s.name for s in group]):
+                results = _run_pipeline(run, group, summary)
+            for stage in group:
+                _counts(run, summary, stage)
+                for gate in stage.gates:
+                    _finish_gate(run, summary, gate, results[stage.name].get(gate.suite, []))
+            continue
+        (stage,) = group
+        if stage.name == "publish":
+            run.facts.update(gates=summary.gates, summary=summary.to_dict(run.spec))
+        with summary.stage(stage.name):
+            report = stage.run_shard(run, 0)
+            summary.add_reports([report.to_dict()])
+            _counts(run, summary, stage)
+            for gate in stage.gates:
+                _finish_gate(run, summary, gate, [gate_unit(run, gate, u) for u in gate.unit_names(run)])
 
-    with summary.stage("ingest"):
-        ingested = ingest_task(spec)
-        instructions = read_instructions(store)
-        summary.counts["instructions"] = len(instructions)
-        summary.counts["quarantined"] = ingested["quarantined"]
-        summary.counts["dropped"] = ingested["dropped"]
-        _gate(
-            spec,
-            store,
-            summary,
-            "ingest",
-            list(instructions.values()),
-            quarantined=ingested["quarantined"],
-            quarantine_examples=ingested["quarantine_examples"],
-        )
 
-    with summary.stage("assign"):
-        assigned = assign_task(spec)
-        summary.counts["shards"] = len(assigned["shards"])
-        requests = read_requests(store)
-        summary.counts["requests"] = len(requests)
-        _gate(spec, store, summary, "assign", requests, expected_rows=len(instructions) * k)
+@contextmanager
+def stage_bars(names: list[str]):  # noqa: ANN201
+    """A progress bar per stage of a pipeline (calls made; totals are known per shard only)."""
+    from contextlib import ExitStack
 
-    with summary.stage("generate"):
-        pending = _pending_generation(store, requests)
-        by_shard = requests_by_shard(pending)
-        write_work(store, run_id, COMPLETIONS, by_shard)
-        shards = list(by_shard)
-        logger.info("generate: %d of %d requests to run in %d shards", len(pending), len(requests), len(shards))
-        with stage_bar(COMPLETIONS, len(pending)):
-            _run_shards(generate_shard_task, spec, shards, run_id, summary)
-        _compact(store, COMPLETIONS, Completion, "request_id")
-        request_ids = {r.request_id for r in requests}
-        completions = {
-            c.request_id: c
-            for c in (Completion(**row) for row in store.results(COMPLETIONS, Completion, key="request_id").rows())
-            if c.request_id in request_ids
-        }
-        summary.counts["completions"] = len(completions)
-        _gate(
-            spec,
-            store,
-            summary,
-            "generate",
-            list(completions.values()),
-            expected_rows=len(requests),
-        )
+    with ExitStack() as bars:
+        for name in names:
+            bars.enter_context(stage_bar(STAGE_CALLS.get(name, name), None))
+        yield
 
-    with summary.stage("annotate"):
-        done_annotations = store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key").keys()
-        done_critiques = store.results(CRITIQUES, Critique, key="critique_key").keys()
-        aspect_jobs, critique_jobs = plan_jobs(
-            spec, requests, instructions, completions, done_annotations, done_critiques
-        )
-        shard_of = {r.request_id: r.shard for r in requests}
-        jobs_by_shard: dict[int, tuple[list, list]] = {}
-        for job in aspect_jobs:
-            jobs_by_shard.setdefault(shard_of[job.completion_ids[0]], ([], []))[0].append(job)
-        for job in critique_jobs:
-            jobs_by_shard.setdefault(job.request.shard, ([], []))[1].append(job)
-        write_work(store, run_id, ANNOTATIONS, {n: jobs_table(*jobs) for n, jobs in jobs_by_shard.items()})
-        todo = set(jobs_by_shard)
-        with stage_bar(ANNOTATIONS, len(aspect_jobs) + len(critique_jobs)):
-            _run_shards(annotate_shard_task, spec, sorted(todo), run_id, summary)
-        _compact(store, ANNOTATIONS, AspectAnnotation, "annotation_key")
-        _compact(store, CRITIQUES, Critique, "critique_key")
-        score_task(spec)
-        scored = read_scored(store)
-        summary.counts["scored_completions"] = len(scored)
-        _gate(
-            spec,
-            store,
-            summary,
-            "annotate",
-            scored,
-            expected_rows=len(completions),
-            aspects=list(spec.judge.aspects),
-            critique=spec.judge.critique,
-        )
 
-    with summary.stage("aggregate"):
-        from tasks.aggregate.task import aggregate_task
-
-        aggregated = aggregate_task(spec)
-        leaderboard = pd.DataFrame(aggregated["leaderboard"])
-        _gate(spec, store, summary, "aggregate", leaderboard, expected_completions=len(scored))
-
-    with summary.stage("pairs"):
-        from tasks.pairs.task import pairs_task
-
-        pairs_info = pairs_task(spec)
-        summary.counts["pairs"] = pairs_info["pairs"]
-        summary.counts["binarized"] = pairs_info["binarized"]
-        for reason, count in pairs_info["binarize_dropped"].items():
-            summary.counts[f"binarize_dropped:{reason}"] = count
-        from tasks.pairs.task import read_binarized, read_pairs
-
-        _gate(spec, store, summary, "pairs", read_pairs(store))
-        _gate(
-            spec,
-            store,
-            summary,
-            "binarized",
-            read_binarized(store),
-            strict_binarized=spec.binarize.rule == "argilla",
-        )
-
-    with summary.stage("publish"):
-        from tasks.publish.task import publish_task
-
-        release = publish_task(spec, aggregated, summary.gates, summary.to_dict(spec))
-
-    return release
+STAGE_CALLS = {"generate": "completions", "annotate": "annotations"}
+"""The progress key each model-calling stage updates (``infra.progress``)."""
 
 
 def _report(

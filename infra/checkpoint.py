@@ -18,7 +18,7 @@ from ultrafeedback.records import Failure
 
 def failure_log(store: Store, stage: str) -> ResultLog:
     """Failures of one stage, keyed by the unit's content key (the latest failure wins)."""
-    return store.results(f"failures/{stage}", Failure, key="key")
+    return store.log(f"failures/{stage}")
 
 
 class Checkpointer:

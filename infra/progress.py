@@ -23,9 +23,10 @@ def enabled() -> bool:
 
 
 @contextmanager
-def stage_bar(stage: str, total: int) -> Iterator[None]:
-    """Show a bar for ``stage`` while the block runs (nothing when disabled or total is 0)."""
-    if not enabled() or total <= 0:
+def stage_bar(stage: str, total: int | None) -> Iterator[None]:
+    """Show a bar for ``stage`` while the block runs (nothing when disabled or total is 0; a
+    counter without a total when ``total`` is None)."""
+    if not enabled() or (total is not None and total <= 0):
         yield
         return
     from tqdm import tqdm

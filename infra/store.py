@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -18,8 +19,12 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
+
+FINGERPRINT_META = b"ultrafeedback.fingerprint"
+"""Parquet metadata key of a shard file's inputs fingerprint."""
 
 
 def rows_table(rows: Sequence[BaseModel | dict[str, Any]], model: type[BaseModel] | None) -> pa.Table:
@@ -139,9 +144,32 @@ class Store:
         with self.fs.open(path, "rb") as handle:
             return json.loads(handle.read())
 
-    def read_table(self, relpath: str) -> pa.Table:
+    def read_table(self, relpath: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self._fresh(self.path(relpath)), "rb") as handle:
-            return pq.read_table(handle)
+            return pq.read_table(handle, columns=columns)
+
+    def write_shard(self, relpath: str, table: pa.Table, fingerprint: str) -> str:
+        """Write one shard file whose Parquet metadata records the fingerprint of its inputs."""
+        metadata = dict(table.schema.metadata or {})
+        metadata[FINGERPRINT_META] = fingerprint.encode()
+        return self.write_table(relpath, table.replace_schema_metadata(metadata))
+
+    def fingerprint(self, relpath: str) -> str | None:
+        """The inputs fingerprint a shard file was written with (None: no such file, or none
+        recorded). Reads the Parquet footer only."""
+        path = self._fresh(self.path(relpath))
+        try:
+            with self.fs.open(path, "rb") as handle:
+                metadata = pq.read_schema(handle).metadata or {}
+        except FileNotFoundError:
+            return None
+        value = metadata.get(FINGERPRINT_META)
+        return value.decode() if value is not None else None
+
+    def num_rows(self, relpath: str) -> int:
+        """Rows of a Parquet file, from its footer."""
+        with self.fs.open(self._fresh(self.path(relpath)), "rb") as handle:
+            return pq.read_metadata(handle).num_rows
 
     def delete(self, relpath: str) -> None:
         path = self._fresh(self.path(relpath))
@@ -152,9 +180,24 @@ class Store:
     def results(self, stage: str, model: type[BaseModel] | None = None, key: str | None = None) -> ResultLog:
         return ResultLog(self, stage, model, key)
 
+    def log(self, name: str) -> ResultLog:
+        """The result log of a registered output (``ultrafeedback.outputs``), or of its failures
+        (``failures/completions``)."""
+        from ultrafeedback.outputs import failures_output, output
+
+        out = failures_output(name.removeprefix("failures/")) if name.startswith("failures/") else output(name)
+        return ResultLog(self, out.folder, out.record, out.key)
+
 
 class ResultLog:
-    """Append-only results of one stage: immutable Parquet parts keyed by a content key column."""
+    """Append-only results of one stage: immutable Parquet parts keyed by a content key column.
+
+    Part names are ``{time_ns}-{label}-{uuid}.parquet``; shards label their parts ``s{shard}``, so a
+    shard's results can be compacted and read on their own. The log keeps an index, key -> the
+    part holding its latest row, built from the key columns only (bytes per key, never the text)
+    and kept current by this object's own appends and compactions; ``read_keys`` uses it to read
+    just the parts that hold the wanted keys. Share one ResultLog per output within a run.
+    """
 
     def __init__(self, store: Store, stage: str, model: type[BaseModel] | None, key: str | None):
         self.store = store
@@ -162,36 +205,114 @@ class ResultLog:
         self.model = model
         self.key = key
         self.schema = arrow_schema(model) if model is not None else None
+        self._index: dict[str, str] | None = None
+        self._lock = threading.RLock()
 
     def parts(self) -> list[str]:
         return [n for n in self.store.ls(self.stage) if n.endswith(".parquet")]
 
-    def append(self, rows: Sequence[BaseModel | dict[str, Any]], label: str = "part") -> str | None:
+    @staticmethod
+    def label_of(part: str) -> str:
+        """The label in a part's name (``s00003`` for a shard's parts)."""
+        pieces = part.removesuffix(".parquet").split("-")
+        return "-".join(pieces[1:-1]) if len(pieces) >= 3 else ""
+
+    def append(self, rows: Sequence[BaseModel | dict[str, Any]] | pa.Table, label: str = "part") -> str | None:
         """Write one checkpoint part; returns its path (None for no rows)."""
-        if not rows:
+        table = rows if isinstance(rows, pa.Table) else (rows_table(rows, self.model) if rows else None)
+        if table is None or table.num_rows == 0:
             return None
-        table = rows_table(rows, self.model)
         # time first: parts sort in write order, so "last write wins" holds across shard labels
         name = f"{time.time_ns():020d}-{label}-{uuid.uuid4().hex[:8]}.parquet"
-        return self.store.write_table(f"{self.stage}/{name}", table)
+        path = self.store.write_table(f"{self.stage}/{name}", table)
+        with self._lock:
+            if self._index is not None and self.key:
+                for value in table.column(self.key).to_pylist():
+                    self._index[value] = name
+        return path
 
+    # ------------------------------------------------------------------ the key index
+    def index(self) -> dict[str, str]:
+        """key -> name of the part with its latest row (built on first use from key columns)."""
+        if not self.key:
+            raise ValueError(f"result log {self.stage!r} has no key column")
+        with self._lock:
+            if self._index is None:
+                index: dict[str, str] = {}
+                for name in self.parts():  # time order: a later part overrides
+                    with self.store.fs.open(self.store.path(self.stage, name), "rb") as handle:
+                        for value in pq.read_table(handle, columns=[self.key]).column(self.key).to_pylist():
+                            index[value] = name
+                self._index = index
+            return self._index
+
+    def keys(self) -> set[str]:
+        return set(self.index())
+
+    def has(self, key: str) -> bool:
+        return key in self.index()
+
+    def read_keys(self, keys: Iterable[str], columns: list[str] | None = None) -> pa.Table:
+        """The latest rows of ``keys`` (those stored; unknown keys are skipped), reading only the
+        parts that hold them."""
+        assert self.key is not None
+        index = self.index()
+        by_part: dict[str, list[str]] = {}
+        for key in keys:
+            part = index.get(key)
+            if part is not None:
+                by_part.setdefault(part, []).append(key)
+        wanted = None if columns is None else list(dict.fromkeys([*columns, self.key]))
+        tables = []
+        for part, part_keys in sorted(by_part.items()):
+            try:
+                with self.store.fs.open(self.store.path(self.stage, part), "rb") as handle:
+                    table = pq.read_table(handle, columns=wanted)
+            except FileNotFoundError:  # compacted meanwhile: by this object (the index names the
+                with self._lock:  # new part already) or by another process (list the parts again)
+                    if self._index is not None and all(self._index.get(k) == part for k in part_keys):
+                        self._index = None
+                tables.append(self.read_keys(part_keys, columns))
+                continue
+            table = table.filter(pc.is_in(table.column(self.key), value_set=pa.array(part_keys, pa.string())))
+            tables.append(_last_per_key(table, self.key))
+        if not tables:
+            return self._empty(wanted)
+        return pa.concat_tables(tables, promote_options="default")
+
+    # ------------------------------------------------------------------ reading whole logs
     def read(self, columns: list[str] | None = None) -> pa.Table:
         """The union of the parts, deduplicated on the key (last write wins)."""
         return self._read_parts(self.parts(), columns)
 
-    def compact(self, min_parts: int = 32) -> int:
-        """Merge the parts into one when there are at least ``min_parts``; returns how many parts
-        were merged. Parts written while this runs are kept (only the listed ones are removed), and
-        a crash in between leaves duplicates that reads resolve by key."""
-        names = self.parts()
-        if len(names) < min_parts:
-            return 0
-        table = self._read_parts(names, None)
-        name = f"{time.time_ns():020d}-compact-{uuid.uuid4().hex[:8]}.parquet"
-        self.store.write_table(f"{self.stage}/{name}", table)
-        for old in names:
-            self.store.delete(f"{self.stage}/{old}")
-        return len(names)
+    def compact(self, min_parts: int = 32, label: str | None = None) -> int:
+        """Merge parts into one when there are at least ``min_parts``; with ``label``, only that
+        label's parts (one shard's), keeping the label. Returns how many parts were merged. Parts
+        written while this runs are kept (only the listed ones are removed), and a crash in
+        between leaves duplicates that reads resolve by key."""
+        with self._lock:
+            names = self.parts()
+            if label is not None:
+                names = [n for n in names if self.label_of(n) == label]
+            if len(names) < min_parts:
+                return 0
+            table = self._read_parts(names, None)
+            name = f"{time.time_ns():020d}-{label or 'compact'}-{uuid.uuid4().hex[:8]}.parquet"
+            self.store.write_table(f"{self.stage}/{name}", table)
+            if self._index is not None and self.key:  # readers move to the new part first
+                merged = set(names)
+                for value in table.column(self.key).to_pylist():
+                    if self._index.get(value) in merged:
+                        self._index[value] = name
+            for old in names:
+                self.store.delete(f"{self.stage}/{old}")
+            return len(names)
+
+    def _empty(self, columns: list[str] | None) -> pa.Table:
+        if self.schema is None:
+            return pa.table({})
+        schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        return schema.empty_table()
 
     def _read_parts(self, names: list[str], columns: list[str] | None) -> pa.Table:
         tables = []
@@ -199,27 +320,14 @@ class ResultLog:
             with self.store.fs.open(self.store.path(self.stage, name), "rb") as handle:
                 tables.append(pq.read_table(handle, columns=columns))
         if not tables:
-            if self.schema is None:
-                return pa.table({})
-            schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
-            return schema.empty_table()
+            return self._empty(columns)
         table = pa.concat_tables(tables, promote_options="default")
         if self.key and self.key in table.column_names and table.num_rows:
-            keys = table.column(self.key).to_pylist()
-            last: dict[Any, int] = {}
-            for index, value in enumerate(keys):
-                last[value] = index
-            if len(last) != len(keys):
-                table = table.take(sorted(last.values()))
+            table = _last_per_key(table, self.key)
         return table
 
     def rows(self, columns: list[str] | None = None) -> list[dict[str, Any]]:
         return self.read(columns).to_pylist()
-
-    def keys(self) -> set[str]:
-        if not self.key:
-            raise ValueError(f"result log {self.stage!r} has no key column")
-        return set(self.read([self.key]).column(self.key).to_pylist())
 
     def replace(self, rows: Iterable[BaseModel | dict[str, Any]], label: str = "part") -> None:
         """Rewrite the log as one part (used for small derived stages, not for LLM results)."""
@@ -227,3 +335,16 @@ class ResultLog:
         self.append(list(rows), label=label)
         for name in old:
             self.store.delete(f"{self.stage}/{name}")
+        with self._lock:
+            self._index = None
+
+
+def _last_per_key(table: pa.Table, key: str) -> pa.Table:
+    """The last row of each key (rows are in write order), in first-seen order of the survivors."""
+    keys = table.column(key).to_pylist()
+    last: dict[Any, int] = {}
+    for index, value in enumerate(keys):
+        last[value] = index
+    if len(last) == len(keys):
+        return table
+    return table.take(sorted(last.values()))

@@ -5,44 +5,32 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from infra.checkpoint import failure_log
 from infra.store import Store
-from ultrafeedback.records import AspectAnnotation, Completion, CompletionRequest, Critique, Instruction, Quarantined
+from ultrafeedback.outputs import FAILED_OUTPUTS, OUTPUTS
 from ultrafeedback.spec import load_spec
 
-# stage -> (folder, record model, key column)
-STAGES: dict[str, tuple[str, type, str | None]] = {
-    "instructions": ("instructions", Instruction, "id"),
-    "requests": ("requests", CompletionRequest, "request_id"),
-    "completions": ("completions", Completion, "request_id"),
-    "annotations": ("annotations", AspectAnnotation, "annotation_key"),
-    "critiques": ("critiques", Critique, "critique_key"),
-}
+COUNTED: tuple[str, ...] = tuple(name for name, out in OUTPUTS.items() if out.key and out.record)
+"""The outputs whose keys ``status`` counts (key columns only), in pipeline order."""
 
 
 def open_failures(store: Store, stage: str, done: set[str]) -> list[dict[str, Any]]:
     """Failures of a stage whose key still has no result (a later success clears a failure)."""
-    rows = failure_log(store, stage).rows()
+    rows = store.log(f"failures/{stage}").rows()
     return [row for row in rows if row["key"] not in done]
 
 
 def collect_status(store: Store) -> dict[str, Any]:
     counts: dict[str, int] = {}
     keys: dict[str, set[str]] = {}
-    for name, (folder, model, key) in STAGES.items():
-        log = store.results(folder, model, key)
-        if key:
-            keys[name] = log.keys()
-            counts[name] = len(keys[name])
-    failures = {
-        stage: open_failures(store, stage, keys.get(stage, set()))
-        for stage in ("completions", "annotations", "critiques")
-    }
+    for name in COUNTED:
+        keys[name] = store.log(name).keys()
+        counts[name] = len(keys[name])
+    failures = {stage: open_failures(store, stage, keys.get(stage, set())) for stage in FAILED_OUTPUTS}
     # a failed request that the current assignment no longer asks for will not be retried
     current = set(keys.get("requests", set()))
     failures["completions"] = [f for f in failures["completions"] if f["key"] in current]
-    quarantine = store.results("quarantine", Quarantined).rows()
-    dropped = store.results("dropped", Quarantined).rows()
+    quarantine = store.log("quarantine").rows()
+    dropped = store.log("dropped").rows()
     from expectations.models import STAGES as GATE_ORDER
 
     stored = {name.removesuffix(".json") for name in store.ls("gates") if name.endswith(".json")}

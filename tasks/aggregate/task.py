@@ -10,9 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from infra.dask_cluster import dask_client
 from tasks.aggregate.aggregate import aggregate
 from tasks.common import SCORED, run_logger, store_for
+from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
+from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.spec import Spec
 
 AGGREGATE_JSON = "aggregate/aggregate.json"
+AGGREGATE_FINGERPRINT = "aggregate/inputs.json"
 
 
 def _artifacts(result: dict[str, Any]) -> None:
@@ -44,8 +47,7 @@ def _artifacts(result: dict[str, Any]) -> None:
         pass
 
 
-@task(name="aggregate", cache_policy=NO_CACHE)
-def aggregate_task(spec: Spec) -> dict[str, Any]:
+def aggregate_scored(spec: Spec) -> dict[str, Any]:
     """Aggregate ``{store}/{dataset}/scored/*.parquet`` on the spec's Dask cluster.
 
     Returns ``AggregateResult.to_dict()`` (JSON-able, what publish puts on the card) and writes it
@@ -66,3 +68,54 @@ def aggregate_task(spec: Spec) -> dict[str, Any]:
     )
     _artifacts(data)
     return data
+
+
+@task(name="aggregate", cache_policy=NO_CACHE)
+def aggregate_task(spec: Spec) -> dict[str, Any]:
+    """``aggregate_scored`` as a Prefect task."""
+    return aggregate_scored(spec)
+
+
+def _inputs(run: Run) -> str:
+    """The scored shards' fingerprints (footers only) and what the aggregate depends on besides."""
+    scored = OUTPUTS["scored"]
+    return fingerprint(
+        "aggregate", [run.store.fingerprint(scored.shard_path(s)) for s in run.shards()], run.spec.pairs.score
+    )
+
+
+def run_aggregate(run: Run, shard: int) -> ShardReport:
+    """Aggregate unless the scored shards are the ones the stored aggregate was computed from."""
+    report = ShardReport(stage="aggregate", shard=shard)
+    digest = _inputs(run)
+    stored = run.store.read_json(AGGREGATE_FINGERPRINT)
+    data = run.store.read_json(AGGREGATE_JSON) if stored == digest else None
+    if data is None:
+        data = aggregate_scored(run.spec)
+        run.store.write_json(AGGREGATE_FINGERPRINT, digest)
+    else:
+        report.skipped = True
+    run.facts["aggregate"] = data
+    return report
+
+
+def _gate_rows(run: Run, unit: Any) -> Any:
+    import pandas as pd
+
+    data = run.facts["aggregate"]
+    return fingerprint("leaderboard", data["leaderboard"]), lambda: pd.DataFrame(data["leaderboard"])
+
+
+def _facts(run: Run) -> dict[str, Any]:
+    scored = OUTPUTS["scored"]
+    return {"expected_completions": sum(run.store.num_rows(scored.shard_path(s)) for s in run.shards())}
+
+
+AGGREGATE = Stage(
+    name="aggregate",
+    reads=("scored",),
+    writes=(),
+    sharded=False,
+    run_shard=run_aggregate,
+    gates=(Gate("aggregate", _gate_rows, scope="stage", facts=_facts),),
+)

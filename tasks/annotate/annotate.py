@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 from infra.checkpoint import Checkpointer, failure_log
 from infra.llm.base import LLMRequest, LLMResult
-from infra.store import Store
-from tasks.generate.generate import StageReport, failure_from
+from infra.store import ResultLog, Store
+from tasks.generate.generate import failure_from, shard_label
+from tasks.stages import ShardReport
 from ultrafeedback.keys import annotation_key, critique_key
 from ultrafeedback.records import (
     TYPED_ASPECTS,
@@ -70,9 +69,9 @@ class CritiqueJob:
 
 
 def _available(
-    requests: Sequence[CompletionRequest], completions: dict[str, Completion]
+    requests: Sequence[CompletionRequest], completions: Container[str]
 ) -> dict[str, list[CompletionRequest]]:
-    """Instruction id -> its requests that have a completion, in slot order."""
+    """Instruction id -> its requests that have a completion (ids in ``completions``), in slot order."""
     grouped: dict[str, list[CompletionRequest]] = defaultdict(list)
     for request in sorted(requests, key=lambda r: (r.instruction_id, r.position)):
         if request.request_id in completions:
@@ -115,95 +114,70 @@ def plan_jobs(
     requests: Sequence[CompletionRequest],
     instructions: dict[str, Instruction],
     completions: dict[str, Completion],
-    done_annotations: set[str],
-    done_critiques: set[str],
+    done_annotations: Container[str],
+    done_critiques: Container[str],
 ) -> tuple[list[AspectJob], list[CritiqueJob]]:
     """The judge calls still to make for these requests (what is stored is skipped)."""
+    return plan_shard_jobs(
+        spec,
+        requests,
+        completions,
+        done_annotations,
+        done_critiques,
+        lambda: instructions,
+        lambda ids: {i: completions[i].response for i in ids},
+    )
+
+
+def plan_shard_jobs(
+    spec: Spec,
+    requests: Sequence[CompletionRequest],
+    present: Container[str],
+    done_annotations: Container[str],
+    done_critiques: Container[str],
+    load_instructions: Callable[[], dict[str, Instruction]],
+    load_texts: Callable[[list[str]], dict[str, str]],
+) -> tuple[list[AspectJob], list[CritiqueJob]]:
+    """The judge calls still to make for one shard's requests, planned from keys alone.
+
+    ``present`` holds the request ids that have a completion, ``done_*`` the stored result keys;
+    the instructions and the response texts are loaded (``load_*``) only when something is
+    pending, and only the texts the pending calls show.
+    """
     from tasks.annotate.prompts import world_knowledge
 
-    sources = {s.name: s for s in spec.sources}
-    aspect_jobs: list[AspectJob] = []
-    critique_jobs: list[CritiqueJob] = []
-    for instruction_id, available in _available(requests, completions).items():
-        instruction = instructions[instruction_id]
+    aspect_units: list[tuple[str, str, str, list[str]]] = []
+    critique_units: list[tuple[str, CompletionRequest]] = []
+    for instruction_id, available in _available(requests, present).items():
         for aspect, (key, ids) in aspect_keys(spec, instruction_id, available).items():
-            if key in done_annotations:
-                continue
-            knowledge = None
-            if aspect == "truthfulness":
-                knowledge = world_knowledge(
-                    sources[instruction.source].world_knowledge,
-                    instruction.correct_answers,
-                    instruction.incorrect_answers,
-                )
-            texts = [completions[i].response for i in ids]
-            aspect_jobs.append(AspectJob(key, instruction, aspect, ids, texts, knowledge))
+            if key not in done_annotations:
+                aspect_units.append((instruction_id, aspect, key, ids))
         if spec.judge.critique:
             for request in available:
                 key = critique_key_for(spec, request.request_id)
                 if key not in done_critiques:
-                    response = completions[request.request_id].response
-                    critique_jobs.append(CritiqueJob(key, instruction, request, response))
-    return aspect_jobs, critique_jobs
-
-
-_JOB_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),
-        pa.field("instruction_id", pa.string(), nullable=False),
-        pa.field("aspect", pa.string()),
-        pa.field("completion_ids", pa.list_(pa.string())),
-        pa.field("texts", pa.list_(pa.string())),
-        pa.field("world_knowledge", pa.string()),
-        pa.field("request_id", pa.string()),
-        pa.field("response", pa.string()),
-    ]
-)
-
-
-def jobs_table(aspect_jobs: Sequence[AspectJob], critique_jobs: Sequence[CritiqueJob]) -> pa.Table:
-    """Planned judge calls as one table (the flow writes one per shard; the shard task reads it)."""
-    rows: list[dict[str, Any]] = [
-        {
-            "key": job.key,
-            "kind": "aspect",
-            "instruction_id": job.instruction.id,
-            "aspect": job.aspect,
-            "completion_ids": job.completion_ids,
-            "texts": job.texts,
-            "world_knowledge": job.world_knowledge,
-        }
-        for job in aspect_jobs
-    ]
-    rows += [
-        {
-            "key": job.key,
-            "kind": "critique",
-            "instruction_id": job.instruction.id,
-            "request_id": job.request.request_id,
-            "response": job.response,
-        }
-        for job in critique_jobs
-    ]
-    return pa.Table.from_pylist(rows, schema=_JOB_SCHEMA)
-
-
-def jobs_from_table(
-    table: pa.Table, instructions: dict[str, Instruction], requests: dict[str, CompletionRequest]
-) -> tuple[list[AspectJob], list[CritiqueJob]]:
+                    critique_units.append((key, request))
+    if not aspect_units and not critique_units:
+        return [], []
+    instructions = load_instructions()
+    wanted = {i for *_, ids in aspect_units for i in ids} | {r.request_id for _, r in critique_units}
+    texts = load_texts(sorted(wanted))
+    sources = {s.name: s for s in spec.sources}
     aspect_jobs: list[AspectJob] = []
-    critique_jobs: list[CritiqueJob] = []
-    for row in table.to_pylist():
-        instruction = instructions[row["instruction_id"]]
-        if row["kind"] == "aspect":
-            aspect_jobs.append(
-                AspectJob(
-                    row["key"], instruction, row["aspect"], row["completion_ids"], row["texts"], row["world_knowledge"]
-                )
+    for instruction_id, aspect, key, ids in aspect_units:
+        instruction = instructions[instruction_id]
+        knowledge = None
+        if aspect == "truthfulness":
+            knowledge = world_knowledge(
+                sources[instruction.source].world_knowledge,
+                instruction.correct_answers,
+                instruction.incorrect_answers,
             )
-        else:
-            critique_jobs.append(CritiqueJob(row["key"], instruction, requests[row["request_id"]], row["response"]))
+        aspect_jobs.append(AspectJob(key, instruction, aspect, ids, [texts[i] for i in ids], knowledge))
+    critique_jobs = [
+        CritiqueJob(key, instructions[request.instruction_id], request, texts[request.request_id])
+        for key, request in critique_units
+    ]
     return aspect_jobs, critique_jobs
 
 
@@ -243,23 +217,28 @@ def annotate_shard(
     aspect_jobs: Sequence[AspectJob],
     critique_jobs: Sequence[CritiqueJob],
     on_progress: Callable[[int], None] | None = None,
-) -> StageReport:
-    """Run the planned judge calls of one shard, checkpointing as results arrive."""
+    logs: dict[str, ResultLog] | None = None,
+) -> ShardReport:
+    """Run the planned judge calls of one shard, checkpointing as results arrive.
+
+    ``logs`` are the run's shared result and failure logs by name (``annotations``,
+    ``failures/annotations``, ``critiques``, ``failures/critiques``); by default the store's."""
     from tasks.annotate.parse import parse_aspect, parse_critique
 
     started = time.monotonic()
-    report = StageReport(stage=ANNOTATIONS, shard=shard)
-    label = f"s{shard:05d}"
+    report = ShardReport(stage=ANNOTATIONS, shard=shard)
+    label = shard_label(shard)
     every = spec.execution.checkpoint_every
+    logs = logs or {}
     aspects = Checkpointer(
-        store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key"),
-        failure_log(store, ANNOTATIONS),
+        logs.get(ANNOTATIONS) or store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key"),
+        logs.get(f"failures/{ANNOTATIONS}") or failure_log(store, ANNOTATIONS),
         every=every,
         label=label,
     )
     critiques = Checkpointer(
-        store.results(CRITIQUES, Critique, key="critique_key"),
-        failure_log(store, CRITIQUES),
+        logs.get(CRITIQUES) or store.results(CRITIQUES, Critique, key="critique_key"),
+        logs.get(f"failures/{CRITIQUES}") or failure_log(store, CRITIQUES),
         every=every,
         label=label,
     )
@@ -342,7 +321,7 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
     )
 
 
-def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: StageReport) -> None:  # noqa: ANN001
+def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport) -> None:  # noqa: ANN001
     from infra.llm.factory import judge_backend
 
     backend = judge_backend(spec)

@@ -1,30 +1,47 @@
-"""The Prefect task for the assign stage: requests written per shard."""
+"""The assign stage: per shard, k models, a principle and a system prompt per completion."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from infra.store import rows_table
+from tasks.assign.assign import assign
+from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows, write_if_changed
+from ultrafeedback.outputs import OUTPUTS
+from ultrafeedback.records import CompletionRequest
 
-from tasks.assign.assign import assign, shard_instructions
-from tasks.common import REQUESTS, read_instructions, requests_by_shard, store_for
-from ultrafeedback.spec import Spec
 
+def run_assign(run: Run, shard: int) -> ShardReport:
+    """Write ``requests/shard-NNNNN.parquet`` for the shard's instructions.
 
-@task(name="assign", cache_policy=NO_CACHE)
-def assign_task(spec: Spec) -> dict[str, Any]:
-    """Assign models, principles and system prompts; write ``requests/shard-NNNNN.parquet``.
-
-    The requests are a pure function of the instructions and the spec, so they are rewritten on
-    every run; what was already generated is found by request id, not by shard.
+    The requests are a pure function of the instructions and the spec, so they are computed on
+    every run (cheap: hashes) and written only when they changed; what was already generated is
+    found by request id, not by shard.
     """
-    store = store_for(spec)
-    instructions = sorted(read_instructions(store).values(), key=lambda i: (i.source, i.id))
-    shard_of = shard_instructions(instructions, spec.execution.shard_size)
-    requests = assign(instructions, spec, shard_of)
-    store.delete(REQUESTS)
-    by_shard = requests_by_shard(requests)
-    for shard, table in by_shard.items():
-        store.write_table(f"{REQUESTS}/shard-{shard:05d}.parquet", table)
-    return {"requests": len(requests), "shards": list(by_shard)}
+    report = ShardReport(stage="assign", shard=shard)
+    instructions = list(run.instructions(shard).values())
+    requests = assign(instructions, run.spec, {i.id: shard for i in instructions})
+    digest = fingerprint("requests", [(r.request_id, r.position, r.shard) for r in requests])
+    path = OUTPUTS["requests"].shard_path(shard)
+    report.skipped = not write_if_changed(run.store, path, rows_table(requests, CompletionRequest), digest)
+    report.succeeded = len(requests)
+    return report
+
+
+def _summary(run: Run) -> list[Any]:
+    from expectations.summary import count_check, unique_keys_check
+
+    ids = run.column("requests", "request_id")
+    instructions = sum(run.store.num_rows(OUTPUTS["instructions"].shard_path(s)) for s in run.shards())
+    expected = instructions * run.spec.completions_per_instruction
+    return [count_check("row count", len(ids), low=expected, high=expected), unique_keys_check("request_id", ids)]
+
+
+ASSIGN = Stage(
+    name="assign",
+    reads=("instructions",),
+    writes=("requests",),
+    sharded=True,
+    run_shard=run_assign,
+    gates=(Gate("assign", shard_file_rows("requests"), summary=_summary),),
+)

@@ -4,62 +4,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from infra.checkpoint import Checkpointer, failure_log
 from infra.llm.base import LLMRequest, LLMResult
-from infra.store import Store
+from infra.store import ResultLog, Store
+from tasks.stages import ShardReport
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction
 from ultrafeedback.spec import Spec
 
 STAGE = "completions"
-
-
-@dataclass
-class StageReport:
-    """What one shard of one stage did; summed by the flow for the final summary."""
-
-    stage: str
-    shard: int
-    issued: int = 0
-    succeeded: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    tokens: dict[str, list[int]] = field(default_factory=dict)
-    """model -> [input tokens, output tokens]"""
-    seconds: float = 0.0
-
-    def add_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
-        pair = self.tokens.setdefault(model, [0, 0])
-        pair[0] += tokens_in
-        pair[1] += tokens_out
-
-    def as_state(self) -> Any:
-        """The report as the shard task's result: a Failed state (with the report as its data) when
-        units failed, so the Prefect UI marks the shard failed while the flow goes on to its gate."""
-        if not self.failed:
-            return self.to_dict()
-        from prefect.states import Failed
-
-        reasons = ", ".join(f"{reason} {count}" for reason, count in self.failed.most_common())
-        message = (
-            f"shard {self.shard}: {sum(self.failed.values())} of {self.issued} {self.stage} failed ({reasons}); "
-            f"recorded under failures/{self.stage}, re-sent by the next run"
-        )
-        return Failed(message=message, data=self.to_dict())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "shard": self.shard,
-            "issued": self.issued,
-            "succeeded": self.succeeded,
-            "failed": dict(self.failed),
-            "tokens": self.tokens,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def to_llm_request(request: CompletionRequest, instruction: Instruction, served_model: str) -> LLMRequest:
@@ -77,6 +32,11 @@ def to_llm_request(request: CompletionRequest, instruction: Instruction, served_
         prompt=built.prompt,
         sampling=sampling,
     )
+
+
+def shard_label(shard: int) -> str:
+    """The label of a shard's checkpoint parts in a result log."""
+    return f"s{shard:05d}"
 
 
 def failure_from(stage: str, shard: int, result: LLMResult) -> Failure:
@@ -98,18 +58,24 @@ def generate_shard(
     requests: Sequence[CompletionRequest],
     instructions: dict[str, Instruction],
     on_progress: Callable[[int], None] | None = None,
-) -> StageReport:
-    """Generate every request of the shard (the caller passes only requests without a result)."""
+    results: ResultLog | None = None,
+    failures: ResultLog | None = None,
+) -> ShardReport:
+    """Generate every request of the shard (the caller passes only requests without a result).
+
+    ``results``/``failures`` are the run's shared logs (their key indexes stay current); by
+    default the store's."""
     from infra.llm.factory import model_backend
 
     started = time.monotonic()
-    report = StageReport(stage=STAGE, shard=shard)
+    report = ShardReport(stage=STAGE, shard=shard)
     by_model: dict[str, list[CompletionRequest]] = defaultdict(list)
     for request in requests:
         by_model[request.model].append(request)
-    results = store.results(STAGE, Completion, key="request_id")
+    results = results or store.results(STAGE, Completion, key="request_id")
+    failures = failures or failure_log(store, STAGE)
     with Checkpointer(
-        results, failure_log(store, STAGE), every=spec.execution.checkpoint_every, label=f"s{shard:05d}"
+        results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)
     ) as checkpoint:
         for model_id in sorted(by_model):
             entry = spec.model_entry(model_id)

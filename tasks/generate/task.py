@@ -1,24 +1,73 @@
-"""The Prefect task for one generation shard."""
+"""The generate stage: per shard, the requests without a stored completion, checkpointed."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
 from infra.progress import progress_callback
-from tasks.common import read_instructions, read_work, store_for
-from tasks.generate.generate import STAGE, generate_shard
-from ultrafeedback.records import CompletionRequest
-from ultrafeedback.spec import Spec
+from tasks.generate.generate import STAGE, generate_shard, shard_label
+from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
 
 
-@task(name="generate-shard", cache_policy=NO_CACHE, task_run_name="generate-shard-{shard}")
-def generate_shard_task(spec: Spec, shard: int, run_id: str) -> Any:
-    """Generate the shard's pending completions, as planned by the flow in ``work/completions/``."""
-    store = store_for(spec)
-    pending = [CompletionRequest(**row) for row in read_work(store, run_id, STAGE, shard).to_pylist()]
-    instructions = read_instructions(store, {r.instruction_id for r in pending})
-    report = generate_shard(spec, store, shard, pending, instructions, progress_callback(STAGE))
-    return report.as_state()
+def run_generate(run: Run, shard: int) -> ShardReport:
+    """Generate the shard's pending completions (pending: request ids the completions log lacks)."""
+    results = run.log("completions")
+    done = results.index()
+    pending = [r for r in run.requests(shard) if r.request_id not in done]
+    if not pending:
+        return ShardReport(stage=STAGE, shard=shard, skipped=True)
+    instructions = run.instructions(shard)
+    failures = run.log("failures/completions")
+    report = generate_shard(
+        run.spec,
+        run.store,
+        shard,
+        pending,
+        instructions,
+        progress_callback(STAGE),
+        results=results,
+        failures=failures,
+    )
+    results.compact(min_parts=2, label=shard_label(shard))
+    failures.compact(min_parts=2, label=shard_label(shard))
+    return report
+
+
+def present_ids(run: Run, shard: int) -> list[str]:
+    """The shard's request ids that have a stored completion, in request order."""
+    done = run.log("completions").index()
+    return [r.request_id for r in run.requests(shard) if r.request_id in done]
+
+
+def _gate_rows(run: Run, shard: int) -> Any:
+    ids = present_ids(run, shard)
+    return fingerprint("completions", ids), lambda: run.log("completions").read_keys(ids).to_pandas()
+
+
+def _summary(run: Run) -> list[Any]:
+    from expectations.suites import GENERATED
+    from expectations.summary import count_check, rate_check
+
+    done = run.log("completions").index()
+    total = good = 0
+    for shard in run.shards():
+        requests = run.requests(shard)
+        total += len(requests)
+        good += sum(1 for r in requests if r.request_id in done)
+    gates = run.spec.gates
+
+    return [
+        count_check("row count", good, low=math.ceil(total * gates.min_generation_success), high=total),
+        rate_check("generation success rate", good, total, gates.min_generation_success, GENERATED),
+    ]
+
+
+GENERATE = Stage(
+    name="generate",
+    reads=("instructions", "requests", "completions"),
+    writes=("completions",),
+    sharded=True,
+    run_shard=run_generate,
+    gates=(Gate("generate", _gate_rows, summary=_summary),),
+)

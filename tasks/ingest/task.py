@@ -1,31 +1,90 @@
-"""The Prefect task for the ingest stage: instructions, quarantine and dropped records to the store."""
+"""The ingest stage: instructions (one file per shard), quarantine and dropped records."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+import pyarrow as pa
 
-from tasks.common import INSTRUCTIONS, store_for
-from ultrafeedback.records import Instruction, Quarantined
-from ultrafeedback.spec import Spec
+from tasks.stages import (
+    Gate,
+    Run,
+    ShardReport,
+    Stage,
+    fingerprint,
+    remove_stale_shards,
+    shard_file_rows,
+    write_if_changed,
+)
+from ultrafeedback.outputs import OUTPUTS
+from ultrafeedback.records import Instruction
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest_task(spec: Spec) -> dict[str, Any]:
-    """Load, normalise, quarantine, deduplicate and sample every source; replace the stage tables."""
+def write_instruction_shards(run: Run, instructions: list[Instruction]) -> list[int]:
+    """Cut the instructions (in ``(source, id)`` order, as ingest returns them) into shards of
+    ``execution.shard_size`` and write each shard's file unless it holds the same instructions.
+    Returns the shard numbers."""
+    from infra.store import rows_table
+
+    out = OUTPUTS["instructions"]
+    size = run.spec.execution.shard_size
+    shards = []
+    for shard, start in enumerate(range(0, len(instructions), size)):
+        rows = instructions[start : start + size]
+        table: pa.Table = rows_table(rows, Instruction)
+        digest = fingerprint("instructions", [r.model_dump() for r in rows])
+        write_if_changed(run.store, out.shard_path(shard), table, digest)
+        shards.append(shard)
+    remove_stale_shards(run.store, "instructions", set(shards))
+    for name in ("requests", "scored"):
+        remove_stale_shards(run.store, name, set(shards))
+    return shards
+
+
+def run_ingest(run: Run, shard: int) -> ShardReport:
+    """Load, normalise, quarantine, deduplicate and sample every source; write the shards."""
     from tasks.ingest.ingest import ingest
 
-    store = store_for(spec)
-    result = ingest(spec)
-    store.results(INSTRUCTIONS, Instruction, key="id").replace(result.instructions)
-    store.results("quarantine", Quarantined).replace(result.quarantined)
-    store.results("dropped", Quarantined).replace(result.dropped)
+    report = ShardReport(stage="ingest", shard=shard)
+    store = run.store
+    result = ingest(run.spec)
+    shards = write_instruction_shards(run, result.instructions)
+    store.log("quarantine").replace(result.quarantined)
+    store.log("dropped").replace(result.dropped)
     store.write_json("ingest/stats.json", result.stats)
-    return {
-        "instructions": len(result.instructions),
-        "quarantined": len(result.quarantined),
-        "dropped": len(result.dropped),
-        "quarantine_examples": [q.model_dump() for q in result.quarantined[:5]],
-    }
+    run.facts.update(
+        instructions=len(result.instructions),
+        quarantined=len(result.quarantined),
+        dropped=len(result.dropped),
+        quarantine_examples=[q.model_dump() for q in result.quarantined[:5]],
+        shards=shards,
+    )
+    report.succeeded = len(result.instructions)
+    return report
+
+
+def _summary(run: Run) -> list[Any]:
+    from expectations.models import GateContext
+    from expectations.suites import quarantine_check
+    from expectations.summary import count_check, unique_keys_check
+
+    ids = run.column("instructions", "id")
+    return [
+        unique_keys_check("id", ids),
+        count_check("enough instructions", len(ids), low=run.spec.gates.min_instructions),
+        quarantine_check(GateContext.from_spec(run.spec, **_facts(run))),
+    ]
+
+
+def _facts(run: Run) -> dict[str, Any]:
+    return {"quarantined": run.facts["quarantined"], "quarantine_examples": run.facts["quarantine_examples"]}
+
+
+INGEST = Stage(
+    name="ingest",
+    reads=(),
+    writes=("instructions", "quarantine", "dropped"),
+    sharded=False,
+    run_shard=run_ingest,
+    gates=(Gate("ingest", shard_file_rows("instructions"), summary=_summary, facts=_facts),),
+)

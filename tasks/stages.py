@@ -1,0 +1,308 @@
+"""The stage interface and the list of stages the build flow loops over.
+
+Every stage has the same small shape (``Stage``): the outputs it reads and writes (named in the
+registry ``ultrafeedback.outputs``), whether it runs per shard or once, what one shard does
+(``run_shard``), the rows its gate checks for one shard (``gate_rows``) and the whole-stage
+summary checks computed from key columns (``summary_checks``). The flow (``flows.build``) is a loop
+over ``STAGES``: consecutive sharded stages marked ``overlap`` run as one pipeline per shard, so a
+shard's annotation starts as soon as its completions are stored while other shards still generate.
+
+Memory grows with keys, not with rows of text: a shard reads its own files, pending work comes
+from key columns (``ResultLog.index``), and rows with text are read per shard only for the keys
+that need them. Each sharded output file records the fingerprint of its inputs, so a rerun skips
+every unchanged shard and a no-op rerun reads key columns and Parquet footers only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from infra.store import ResultLog, Store, rows_table
+from ultrafeedback.keys import content_key
+from ultrafeedback.outputs import OUTPUTS, output
+from ultrafeedback.records import CompletionRequest, Instruction
+from ultrafeedback.spec import Spec
+
+# --------------------------------------------------------------------------- one run's context
+
+
+class Run:
+    """What the stages of one build share in a process: the spec, the store, one ResultLog per
+    output (so key indexes are built once and kept current by appends) and the shard numbers.
+
+    Shard tasks find it by run id (``Run.get``); a task in another process builds its own.
+    """
+
+    _RUNS: dict[str, Run] = {}
+    _LOCK = threading.Lock()
+
+    def __init__(self, spec: Spec, store: Store, run_id: str, stage_list: list[Stage] | None = None) -> None:
+        self.spec = spec
+        self.store = store
+        self.run_id = run_id
+        self.stages = stage_list if stage_list is not None else stages()
+        self._logs: dict[str, ResultLog] = {}
+        self._lock = threading.Lock()
+        self.facts: dict[str, Any] = {}
+        """whole-stage facts a later stage or gate needs (instruction count, quarantine, ...)"""
+
+    @classmethod
+    def get(cls, spec: Spec, run_id: str) -> Run:
+        with cls._LOCK:
+            run = cls._RUNS.get(run_id)
+            if run is None:
+                from tasks.common import store_for
+
+                run = cls._RUNS[run_id] = Run(spec, store_for(spec), run_id)
+            return run
+
+    @classmethod
+    def start(cls, spec: Spec, run_id: str, stage_list: list[Stage] | None = None) -> Run:
+        """A new run registered under its id (what the flow starts with)."""
+        from tasks.common import store_for
+
+        run = Run(spec, store_for(spec), run_id, stage_list)
+        with cls._LOCK:
+            cls._RUNS[run_id] = run
+        return run
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r} in this run; stages: {', '.join(s.name for s in self.stages)}")
+
+    @classmethod
+    def forget(cls, run_id: str) -> None:
+        with cls._LOCK:
+            cls._RUNS.pop(run_id, None)
+
+    def log(self, name: str) -> ResultLog:
+        """The run's ResultLog of an output (``completions``) or failure log (``failures/completions``)."""
+        with self._lock:
+            if name not in self._logs:
+                self._logs[name] = self.store.log(name)
+            return self._logs[name]
+
+    # ------------------------------------------------------------------ shards
+    def shards(self) -> list[int]:
+        """The shard numbers of the current instructions (one file each, written by ingest)."""
+        folder = OUTPUTS["instructions"].folder
+        return sorted(
+            int(name[len("shard-") : -len(".parquet")])
+            for name in self.store.ls(folder)
+            if name.startswith("shard-") and name.endswith(".parquet")
+        )
+
+    def column(self, name: str, column: str) -> list[Any]:
+        """One column of a sharded output over every current shard (key columns: cheap)."""
+        out = OUTPUTS[name]
+        values: list[Any] = []
+        for shard in self.shards():
+            path = out.shard_path(shard)
+            if self.store.exists(path):
+                values += self.store.read_table(path, [column]).column(column).to_pylist()
+        return values
+
+    def instructions(self, shard: int) -> dict[str, Instruction]:
+        table = self.store.read_table(OUTPUTS["instructions"].shard_path(shard))
+        return {row["id"]: Instruction(**row) for row in table.to_pylist()}
+
+    def requests(self, shard: int) -> list[CompletionRequest]:
+        path = OUTPUTS["requests"].shard_path(shard)
+        if not self.store.exists(path):
+            return []
+        return [CompletionRequest(**row) for row in self.store.read_table(path).to_pylist()]
+
+
+def remove_stale_shards(store: Store, name: str, keep: set[int]) -> None:
+    """Delete the shard files of ``name`` whose shard is no longer in ``keep`` (fewer shards now)."""
+    folder = OUTPUTS[name].folder
+    for file in store.ls(folder):
+        if file.startswith("shard-") and file.endswith(".parquet") and int(file[6:11]) not in keep:
+            store.delete(f"{folder}/{file}")
+
+
+def write_if_changed(store: Store, path: str, table: pa.Table, fingerprint: str) -> bool:
+    """Write a shard file unless the stored one was computed from the same inputs."""
+    if store.fingerprint(path) == fingerprint:
+        return False
+    store.write_shard(path, table, fingerprint)
+    return True
+
+
+def fingerprint(kind: str, *parts: Any) -> str:
+    return content_key(f"fingerprint:{kind}", *parts)
+
+
+def file_fingerprint(store: Store, relpath: str) -> str:
+    """A shard file's recorded inputs fingerprint, else its path, size and modification stamp."""
+    recorded = store.fingerprint(relpath)
+    if recorded is not None:
+        return recorded
+    info = store.fs.info(store.path(relpath))
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
+    return fingerprint("file", relpath, info.get("size"), str(stamp))
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass
+class ShardReport:
+    """What one shard of one stage did; summed by the flow for the final summary."""
+
+    stage: str
+    shard: int
+    issued: int = 0
+    succeeded: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    """model -> [input tokens, output tokens]"""
+    seconds: float = 0.0
+    skipped: bool = False
+    """nothing to do: the shard's outputs were up to date"""
+
+    def add_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        pair = self.tokens.setdefault(model, [0, 0])
+        pair[0] += tokens_in
+        pair[1] += tokens_out
+
+    def as_state(self, extra: dict[str, Any] | None = None) -> Any:
+        """The report (plus ``extra``) as the shard task's result: a Failed state with it as its
+        data when units failed, so the Prefect UI marks the shard failed while the flow goes on to
+        its gate."""
+        data = {**self.to_dict(), **(extra or {})}
+        if not self.failed:
+            return data
+        from prefect.states import Failed
+
+        reasons = ", ".join(f"{reason} {count}" for reason, count in self.failed.most_common())
+        message = (
+            f"shard {self.shard}: {sum(self.failed.values())} of {self.issued} {self.stage} failed ({reasons}); "
+            f"recorded under failures/, re-sent by the next run"
+        )
+        return Failed(message=message, data=data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "shard": self.shard,
+            "issued": self.issued,
+            "succeeded": self.succeeded,
+            "failed": dict(self.failed),
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "skipped": self.skipped,
+        }
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+GateRows = Callable[[Run, Any], "tuple[str, Callable[[], pd.DataFrame]] | None"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A Great Expectations suite over a stage's output.
+
+    Attributes:
+        suite: the suite's stage name in ``expectations`` (``generate``, ``annotate``, ...).
+        rows: ``(run, unit) -> (fingerprint, rows)``: the rows of one unit (a shard) and a
+            fingerprint of them, so an unchanged unit's result is reused without reading them.
+            ``rows`` is a callable; None when the unit has nothing to check.
+        scope: ``shard``: the suite runs per unit (rows counts and stage-wide rates left out) and
+            ``summary`` adds the whole-stage checks; ``stage``: one unit holds the whole output.
+        units: ``(run) -> units`` (default: the run's shards; ``stage`` scope: ``[0]``).
+        summary: ``(run) -> [CheckResult]``: whole-stage checks from key columns and counts.
+        facts: ``(run) -> dict``: GateContext facts the spec does not give.
+    """
+
+    suite: str
+    rows: GateRows
+    scope: str = "shard"
+    units: Callable[[Run], list[Any]] | None = None
+    summary: Callable[[Run], list[Any]] | None = None
+    facts: Callable[[Run], dict[str, Any]] | None = None
+
+    def unit_names(self, run: Run) -> list[Any]:
+        if self.units is not None:
+            return self.units(run)
+        return run.shards() if self.scope == "shard" else [0]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the build.
+
+    Attributes:
+        name: the stage's name (progress, summary, Prefect task names).
+        reads: the outputs it reads (``ultrafeedback.outputs`` names).
+        writes: the outputs it writes.
+        sharded: True when it runs once per shard (``run_shard``), False when once per build
+            (``run_shard`` with shard 0 then stands for the whole stage).
+        overlap: a sharded stage that may start on a shard as soon as the previous stage is done
+            with that shard (the flow runs such stages as one pipeline per shard).
+        gates: the suites that check its output.
+        run_shard: ``(run, shard) -> ShardReport``.
+    """
+
+    name: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    sharded: bool
+    run_shard: Callable[[Run, int], ShardReport]
+    overlap: bool = False
+    gates: tuple[Gate, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (*self.reads, *self.writes):
+            output(name)  # a typo in a stage's outputs fails at import
+
+
+def file_rows(run: Run, path: str) -> tuple[str, Callable[[], pd.DataFrame]]:
+    """A gate unit that is one file: its fingerprint, and its rows when the gate must read them."""
+    return file_fingerprint(run.store, path), lambda: run.store.read_table(path).to_pandas()
+
+
+def shard_file_rows(name: str) -> GateRows:
+    """The gate rows of a sharded output: each shard's file."""
+    return lambda run, shard: file_rows(run, OUTPUTS[name].shard_path(shard))
+
+
+def _table_frame(table: pa.Table) -> pd.DataFrame:
+    return table.to_pandas()
+
+
+def records_frame(rows: list[Any], model: type) -> pd.DataFrame:
+    return _table_frame(rows_table(rows, model))
+
+
+def timed(stage: str, shard: int, body: Callable[[ShardReport], None]) -> ShardReport:
+    report = ShardReport(stage=stage, shard=shard)
+    started = time.monotonic()
+    body(report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def stages() -> list[Stage]:
+    """Every stage in pipeline order (built on demand: the stage modules import heavy parts)."""
+    from tasks.aggregate.task import AGGREGATE
+    from tasks.annotate.task import ANNOTATE, SCORE
+    from tasks.assign.task import ASSIGN
+    from tasks.generate.task import GENERATE
+    from tasks.ingest.task import INGEST
+    from tasks.pairs.stage import PAIRS
+    from tasks.publish.stage import PUBLISH
+
+    return [INGEST, ASSIGN, GENERATE, ANNOTATE, SCORE, AGGREGATE, PAIRS, PUBLISH]
