@@ -4,6 +4,7 @@ from tasks.publish.card import render_card, scrub, scrub_text
 from tasks.publish.publish import (
     PublishedRelease,
     ReleaseTables,
+    ShardedTables,
     binarized_features,
     completion_records,
     completions_features,
@@ -16,6 +17,7 @@ from tasks.publish.publish import (
 __all__ = [
     "PublishedRelease",
     "ReleaseTables",
+    "ShardedTables",
     "binarized_features",
     "completion_records",
     "completions_features",

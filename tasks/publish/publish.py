@@ -18,22 +18,31 @@ renamed to ``v{N}`` in one step, manifest included; on an object store (no renam
 ``v{N}/`` with ``manifest.json`` last, and readers ignore a folder without a manifest. Any error
 removes what this call wrote, so a failed publish leaves neither a half release nor a staging folder.
 
+Streaming: a release built from the store (``ShardedTables``) never holds a whole config. Row counts
+come from key columns and Parquet footers, so each file's name (``{split}-{i:05d}-of-{n:05d}``) is
+known up front; completions are built one scored shard at a time, pairs and binarized rows are
+merged from their shard files, and each file is written with ``pq.ParquetWriter`` as tables arrive.
+The files are byte-identical to serialising the whole table (``ReleaseTables``, the in-memory path).
+
 Idempotence: the content hash covers the bytes of every data file and the card inputs (not the
 version, not the time). When the latest complete release has the same hash, publishing returns it
-instead of creating v{N+1}: rerunning a finished build never duplicates a release.
+instead of creating v{N+1}: rerunning a finished build never duplicates a release. A stored
+release also records its input fingerprint (the sha256 of the input shard files, the card inputs,
+the shard size and the writer version); a rerun whose fingerprint matches the latest release's
+returns it before serialising anything.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
 import os
 import posixpath
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -41,9 +50,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.store import Store
+from tasks.pairs.shards import TableCursor
 from tasks.publish.card import render_card, scrub
 from ultrafeedback.records import ASPECTS, TYPED_ASPECTS, Pair
 
@@ -59,6 +70,10 @@ CARD = "README.md"
 FORMAT = "ultrafeedback-release/1"
 ROW_GROUP_ROWS = 2_000
 """Parquet row groups small enough for the Hub viewer's random access, large enough to compress."""
+WRITER = 2
+"""The release writer's version, part of a stored release's input fingerprint: bump it when a code
+change alters the files written for the same inputs, so that a rerun publishes the new output."""
+HASH_BLOCK = 1 << 22
 
 CONFIG_SPLITS: dict[str, tuple[str, ...]] = {
     "completions": ("train",),
@@ -185,12 +200,20 @@ INSTRUCTION_SOURCES: dict[str, str] = {
 }
 
 
+def _contiguous(values: pa.Array | pa.ChunkedArray, dtype: pa.DataType) -> pa.Array:
+    """One Arrow array of ``dtype``. Columns of multi-chunk tables (a concat of parts, a large read,
+    pandas' Arrow-backed strings) arrive as ChunkedArray, which ``StructArray.from_arrays`` and
+    ``ListArray.from_arrays`` refuse; they are combined into one array here."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values if values.type == dtype else values.cast(dtype)
+
+
 def _column(frame: pd.DataFrame, name: str, dtype: pa.DataType) -> pa.Array:
     """A DataFrame column as an Arrow array of ``dtype`` (all nulls when the column is absent)."""
     if name not in frame.columns:
         return pa.nulls(len(frame), dtype)
-    array = pa.array(frame[name], from_pandas=True)
-    return array if array.type == dtype else array.cast(dtype)
+    return _contiguous(pa.array(frame[name], from_pandas=True), dtype)
 
 
 def _struct(frame: pd.DataFrame, dtype: pa.StructType, sources: Mapping[str, Any]) -> pa.StructArray:
@@ -203,7 +226,17 @@ def _struct(frame: pd.DataFrame, dtype: pa.StructType, sources: Mapping[str, Any
     return pa.StructArray.from_arrays(arrays, fields=list(dtype))
 
 
-def completions_table(scored: pd.DataFrame) -> pa.Table:
+def _frame(table: pd.DataFrame | pa.Table) -> pd.DataFrame:
+    return table.to_pandas() if isinstance(table, pa.Table) else table
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns in ``schema``'s order and types, with its metadata (chunks are kept)."""
+    columns = [table.column(field.name).cast(field.type) for field in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def completions_table(scored: pd.DataFrame | pa.Table) -> pa.Table:
     """ScoredCompletion rows grouped into openbmb/UltraFeedback records, one per instruction.
 
     Completions are in slot order; ``models`` is the instruction's assigned model list (so a row
@@ -215,7 +248,7 @@ def completions_table(scored: pd.DataFrame) -> pa.Table:
     from tasks.pairs.pairs import latest_rows
 
     schema = completions_features().arrow_schema
-    frame = latest_rows(scored)
+    frame = latest_rows(_frame(scored))
     if frame.empty:
         return schema.empty_table()
     frame = frame.sort_values(["source", "instruction_id", "position", "completion_id"], kind="stable")
@@ -231,14 +264,17 @@ def completions_table(scored: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
 
 
-def completion_records(scored: pd.DataFrame) -> list[dict[str, Any]]:
+def completion_records(scored: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
     """``completions_table`` as Python dicts (one openbmb/UltraFeedback record per instruction)."""
     return completions_table(scored).to_pylist()
 
 
-def pairs_table(pairs: Sequence[Pair] | pd.DataFrame) -> pa.Table:
-    """Pair records (or a DataFrame of them) as an Arrow table with the pairs features' schema."""
+def pairs_table(pairs: Sequence[Pair] | pd.DataFrame | pa.Table) -> pa.Table:
+    """Pair records (or a DataFrame or Arrow table of them) as an Arrow table with the pairs
+    features' schema."""
     schema = pairs_features().arrow_schema
+    if isinstance(pairs, pa.Table):
+        return conform(pairs, schema)
     if isinstance(pairs, pd.DataFrame):
         arrays = [_column(pairs, field.name, field.type) for field in schema]
     else:
@@ -246,22 +282,12 @@ def pairs_table(pairs: Sequence[Pair] | pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _table(rows: Sequence[Mapping[str, Any]], features: Features) -> pa.Table:
-    """Rows as an Arrow table with exactly the features' schema (and its HF metadata)."""
-    return pa.Table.from_pylist([dict(r) for r in rows], schema=features.arrow_schema)
-
-
-def _shards(table: pa.Table, max_rows: int) -> list[pa.Table]:
-    """Equal-sized slices of at most ``max_rows`` rows; one (possibly empty) shard at least."""
-    n = max(1, math.ceil(table.num_rows / max_rows))
-    size = math.ceil(table.num_rows / n) if table.num_rows else 0
-    return [table.slice(i * size, size) for i in range(n)] if size else [table]
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    return sink.getvalue()
+def binarized_table(rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
+    """Binarized rows (dicts, or an Arrow table of them) with exactly the binarized features' schema."""
+    schema = binarized_features().arrow_schema
+    if isinstance(rows, pa.Table):
+        return conform(rows, schema)
+    return pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
 
 
 # --------------------------------------------------------------------------- inputs and results
@@ -269,19 +295,40 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 @dataclass
 class ReleaseTables:
-    """What a release is built from.
+    """What a release is built from, held in memory (small data, tests).
 
     Attributes:
         scored: the ScoredCompletion rows (the ``completions`` config is built from them).
-        pairs: ``build_pairs`` output (Pair records or a DataFrame of them).
-        binarized: split name (``train_prefs``, ``test_prefs``) -> ``binarize`` rows.
+        pairs: ``build_pairs`` output (Pair records, or a DataFrame or Arrow table of them).
+        binarized: split name (``train_prefs``, ``test_prefs``) -> ``binarize`` rows (or a table).
         aggregate: the ``aggregate`` result (or its ``to_dict()``), shown on the card.
     """
 
-    scored: pd.DataFrame
-    pairs: Sequence[Pair] | pd.DataFrame
-    binarized: Mapping[str, Sequence[Mapping[str, Any]]]
+    scored: pd.DataFrame | pa.Table
+    pairs: Sequence[Pair] | pd.DataFrame | pa.Table
+    binarized: Mapping[str, Sequence[Mapping[str, Any]] | pa.Table]
     aggregate: AggregateResult | Mapping[str, Any] | None = None
+
+
+@dataclass
+class ShardedTables:
+    """Build the release from the stage shard files in the store given to ``publish_release``
+    (``scored/``, ``pairs/``, ``binarized/{split}/``; layout in ``tasks.pairs.shards``).
+
+    Nothing is held whole: row counts and the record order come from key columns and Parquet
+    footers, and each release file is written as shard tables arrive. The input files' sha256 is the
+    release's input fingerprint: a rerun on unchanged inputs returns the latest release at once.
+    """
+
+    aggregate: AggregateResult | Mapping[str, Any] | None = None
+    _file_hashes: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def file_hashes(self, store: Store) -> dict[str, str]:
+        """relpath -> sha256 of every input file (computed once per store)."""
+        key = store.path()
+        if key not in self._file_hashes:
+            self._file_hashes[key] = {relpath: _file_sha256(store, relpath) for relpath in _input_files(store)}
+        return self._file_hashes[key]
 
 
 @dataclass(frozen=True)
@@ -295,6 +342,105 @@ class PublishedRelease:
     version: int
     manifest: dict[str, Any] = field(repr=False)
     created: bool = True
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One split of a config: its row count (known before writing) and its tables, in order.
+    ``tables`` may be called more than once (an object-store publish serialises twice)."""
+
+    config: str
+    split: str
+    rows: int
+    schema: pa.Schema
+    tables: Callable[[], Iterator[pa.Table]]
+
+
+def _memory_splits(tables: ReleaseTables) -> list[_Split]:
+    unknown = set(tables.binarized) - set(CONFIG_SPLITS["binarized"])
+    if unknown:
+        raise ValueError(f"binarized splits must be {CONFIG_SPLITS['binarized']}, got extra {sorted(unknown)}")
+    whole = {
+        ("completions", "train"): completions_table(tables.scored),
+        ("pairs", "train"): pairs_table(tables.pairs),
+        **{
+            ("binarized", split): binarized_table(tables.binarized.get(split, []))
+            for split in CONFIG_SPLITS["binarized"]
+        },
+    }
+    return [
+        _Split(config, split, table.num_rows, table.schema, lambda table=table: iter([table]))
+        for (config, split), table in whole.items()
+    ]
+
+
+def _input_files(store: Store) -> list[str]:
+    """The stage files a stored release is built from (what its fingerprint hashes)."""
+    from tasks.pairs.shards import BINARIZED, PAIRS, SPLITS, scored_shards, shard_files
+
+    files = [relpath for shard in scored_shards(store) for relpath in shard.files]
+    for folder in (PAIRS, *(f"{BINARIZED}/{split}" for split in SPLITS)):
+        files += [relpath for _, relpath in shard_files(store, folder)]
+    return files
+
+
+def _file_sha256(store: Store, relpath: str) -> str:
+    digest = hashlib.sha256()
+    with store.fs.open(store.path(relpath), "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stored_splits(store: Store) -> tuple[list[_Split], Counter[tuple[str, str]]]:
+    """The splits of a release built from the store's shard files, and the judge counts.
+
+    Completions: one record per instruction, by (source, instruction id), built from one scored
+    shard at a time. Pairs and binarized rows: merged from their shard files into instruction-id
+    order, the order of the whole-table functions. Only key columns are read up front.
+    """
+    from tasks.pairs.shards import (
+        BINARIZED,
+        PAIRS,
+        ShardStream,
+        check_whole_instructions,
+        merge_shards,
+        scored_shards,
+        shard_files,
+        stored_streams,
+    )
+
+    record_keys = ["source", "instruction_id"]
+    judges: Counter[tuple[str, str]] = Counter()
+    streams: list[ShardStream] = []
+    instructions: list[tuple[int, pa.Array]] = []
+    for shard in scored_shards(store):
+        keys = shard.read(store, ["completion_id", *record_keys, "judge_model", "judge_kind"])
+        judges.update(_judge_counts(keys.to_pandas()))
+        records = keys.group_by(record_keys).aggregate([]).sort_by([(c, "ascending") for c in record_keys])
+        instructions.append((shard.shard, pc.unique(keys.column("instruction_id"))))
+        streams.append(ShardStream(records, lambda shard=shard: iter([completions_table(shard.read(store))])))
+    check_whole_instructions(instructions)
+
+    def merged(streams: list[ShardStream], by: list[str], schema: pa.Schema) -> Callable[[], Iterator[pa.Table]]:
+        return lambda: (conform(t, schema) for t in merge_shards(streams, by, ROW_GROUP_ROWS))
+
+    def split(config: str, name: str, streams: list[ShardStream], by: list[str], schema: pa.Schema) -> _Split:
+        return _Split(config, name, sum(s.keys.num_rows for s in streams), schema, merged(streams, by, schema))
+
+    def stored(folder: str) -> list[ShardStream]:
+        return stored_streams(store, [relpath for _, relpath in shard_files(store, folder)], ["instruction_id"])
+
+    binarized = binarized_features().arrow_schema
+    splits = [
+        split("completions", "train", streams, record_keys, completions_features().arrow_schema),
+        split("pairs", "train", stored(PAIRS), ["instruction_id"], pairs_features().arrow_schema),
+        *(
+            split("binarized", name, stored(f"{BINARIZED}/{name}"), ["instruction_id"], binarized)
+            for name in CONFIG_SPLITS["binarized"]
+        ),
+    ]
+    return splits, judges
 
 
 # --------------------------------------------------------------------------- the release root
@@ -414,54 +560,171 @@ def _aggregate_dict(aggregate: Any) -> dict[str, Any] | None:
     return dict(aggregate)
 
 
-def _judges(scored: pd.DataFrame) -> list[dict[str, Any]]:
+def _judge_counts(scored: pd.DataFrame) -> Counter[tuple[str, str]]:
+    """Completions per (judge_model, judge_kind), one per completion id (the last row)."""
     if scored.empty:
-        return []
+        return Counter()
     frame = scored.drop_duplicates("completion_id", keep="last")
-    counts = frame.groupby(["judge_model", "judge_kind"]).size().reset_index(name="completions")
-    counts = counts.sort_values(["judge_kind", "judge_model"])
-    return [
-        {
-            "judge_model": str(r.judge_model),
-            "judge_kind": str(r.judge_kind),
-            "completions": int(r.completions),
-        }
-        for r in counts.itertuples(index=False)
-    ]
+    return Counter(zip(frame["judge_model"].astype(str), frame["judge_kind"].astype(str), strict=True))
 
 
-def _plan(
-    tables: ReleaseTables, max_shard_rows: int
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]], list[tuple[str, pa.Table]], dict[str, Any]]:
-    """The files of a release: (rows and Arrow bytes per config/split, [(relpath, table)], features)."""
-    features = {
-        "completions": completions_features(),
-        "pairs": pairs_features(),
-        "binarized": binarized_features(),
-    }
-    unknown = set(tables.binarized) - set(CONFIG_SPLITS["binarized"])
-    if unknown:
-        raise ValueError(f"binarized splits must be {CONFIG_SPLITS['binarized']}, got extra {sorted(unknown)}")
-    split_tables = {
-        ("completions", "train"): completions_table(tables.scored),
-        ("pairs", "train"): pairs_table(tables.pairs),
-        **{
-            ("binarized", split): _table(tables.binarized.get(split, []), features["binarized"])
-            for split in CONFIG_SPLITS["binarized"]
-        },
-    }
-    counts: dict[str, dict[str, int]] = {}
+def _judges(counts: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+    ordered = sorted(counts.items(), key=lambda item: (item[0][1], item[0][0]))
+    return [{"judge_model": m, "judge_kind": k, "completions": int(n)} for (m, k), n in ordered]
+
+
+def _release_files(config: str, split: str, rows: int, max_rows: int) -> list[tuple[str, int]]:
+    """``(relpath, rows)`` of a split's files: equal slices of at most ``max_rows`` rows, numbered
+    ``{split}-{i:05d}-of-{n:05d}``. An empty split has no file (``datasets`` cannot read a Parquet
+    file without rows)."""
+    if rows == 0:
+        return []
+    n = max(1, math.ceil(rows / max_rows))
+    size = math.ceil(rows / n)
+    return [(f"{config}/{split}-{i:05d}-of-{n:05d}.parquet", max(0, min(size, rows - i * size))) for i in range(n)]
+
+
+class _HashingSink:
+    """A write-only file object for ``pq.ParquetWriter``: counts and hashes the bytes on their way
+    to ``handle`` (None: hash only, nothing is stored)."""
+
+    def __init__(self, handle: Any = None):
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self.digest.update(view)
+        self.size += view.nbytes
+        if self.handle is not None:
+            self.handle.write(view)
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        self.closed = True  # the caller closes ``handle`` (and fsyncs it first)
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def info(self) -> dict[str, Any]:
+        return {"bytes": self.size, "sha256": self.digest.hexdigest()}
+
+
+class _ArrowSize:
+    """The Arrow size (``nbytes``) a split would have as one contiguous table, accumulated over its
+    row groups, so the card's ``num_bytes`` does not depend on the chunks the rows came in. Counted
+    as pyarrow counts a contiguous array: 4 offset bytes per string or list value, the referenced
+    data, fixed-width values, and a validity bitmap only where there are nulls."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[tuple[str, ...], list[Any]] = {}  # path -> [type, values, nulls, data bytes]
+
+    def add(self, table: pa.Table) -> None:
+        for name in table.column_names:
+            for chunk in table.column(name).chunks:
+                self._add(chunk, (name,))
+
+    def _add(self, array: pa.Array, path: tuple[str, ...]) -> None:
+        node = self._nodes.setdefault(path, [array.type, 0, 0, 0])
+        node[1] += len(array)
+        node[2] += array.null_count
+        kind = array.type
+        if pa.types.is_string(kind) or pa.types.is_binary(kind):
+            node[3] += pc.sum(pc.binary_length(array)).as_py() or 0
+        elif pa.types.is_list(kind):
+            self._add(array.flatten(), (*path, "[]"))
+        elif pa.types.is_struct(kind):
+            for i, child in enumerate(kind):
+                self._add(array.field(i), (*path, child.name))
+
+    def total(self) -> int:
+        total = 0
+        for kind, n, nulls, data in self._nodes.values():
+            if pa.types.is_null(kind):
+                continue
+            total += math.ceil(n / 8) if nulls else 0
+            if pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_list(kind):
+                total += 4 * n + data
+            elif pa.types.is_boolean(kind):
+                total += math.ceil(n / 8)
+            elif not pa.types.is_struct(kind):
+                total += n * kind.bit_width // 8
+        return total
+
+
+def _serialise(cursor: TableCursor, rows: int, schema: pa.Schema, sink: _HashingSink, size: _ArrowSize) -> None:
+    """Write the cursor's next ``rows`` rows as one Parquet file, in row groups of exactly
+    ``ROW_GROUP_ROWS`` rows, each combined into one chunk first: the bytes are then those of
+    ``pq.write_table(whole_slice, row_group_size=ROW_GROUP_ROWS)``, whatever chunks the rows came in."""
+    writer = pq.ParquetWriter(sink, schema, compression="zstd")
+    try:
+        if rows == 0:
+            writer.write_table(schema.empty_table())
+        done = 0
+        while done < rows:
+            group = cursor.take(min(ROW_GROUP_ROWS, rows - done)).combine_chunks()
+            writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+            size.add(group)
+            done += group.num_rows
+    finally:
+        writer.close()
+
+
+def _write_file(root: _Root, path: str | None, cursor: TableCursor, rows: int, split: _Split, size: _ArrowSize) -> dict:
+    """One release file at ``path`` (None: only hashed); returns its size and sha256."""
+    if path is None:
+        sink = _HashingSink()
+        _serialise(cursor, rows, split.schema, sink, size)
+    elif root.local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            sink = _HashingSink(handle)
+            _serialise(cursor, rows, split.schema, sink, size)
+            handle.flush()
+            os.fsync(handle.fileno())
+    else:
+        with root.fs.open(path, "wb") as handle:  # one object, put when the handle closes
+            sink = _HashingSink(handle)
+            _serialise(cursor, rows, split.schema, sink, size)
+    return sink.info()
+
+
+def _write_files(
+    splits: Sequence[_Split], root: _Root, dest: str | None, max_rows: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
+    """Serialise every split's files as its tables arrive; write them under ``dest`` unless None.
+
+    Returns (relpath -> bytes and sha256, config -> split -> Arrow bytes). With ``dest=None`` nothing
+    is written: on an object store the hashes are computed first, so a rerun of a finished build
+    uploads nothing at all.
+    """
+    info: dict[str, dict[str, Any]] = {}
     sizes: dict[str, dict[str, int]] = {}
-    files: list[tuple[str, pa.Table]] = []
-    for (config, split), table in split_tables.items():
-        counts.setdefault(config, {})[split] = table.num_rows
-        sizes.setdefault(config, {})[split] = table.nbytes
-        if table.num_rows == 0:
-            continue  # datasets cannot read a Parquet file without rows: an empty split has no file
-        shards = _shards(table, max_shard_rows)
-        for i, shard in enumerate(shards):
-            files.append((f"{config}/{split}-{i:05d}-of-{len(shards):05d}.parquet", shard))
-    return counts, sizes, files, features
+    for split in splits:
+        size = _ArrowSize()
+        cursor = TableCursor(split.tables())
+        try:
+            for relpath, rows in _release_files(split.config, split.split, split.rows, max_rows):
+                path = None if dest is None else posixpath.join(dest, relpath)
+                info[relpath] = _write_file(root, path, cursor, rows, split, size)
+            if not cursor.exhausted():
+                raise ValueError(f"publish: {split.config}/{split.split} has more rows than its {split.rows} counted")
+        finally:
+            cursor.close()
+        sizes.setdefault(split.config, {})[split.split] = size.total()
+    return info, sizes
 
 
 def _configs(
@@ -497,7 +760,7 @@ def _configs(
 def publish_release(
     store: Store,
     spec_name: str,
-    tables: ReleaseTables,
+    tables: ReleaseTables | ShardedTables,
     manifest_extra: Mapping[str, Any] | None = None,
     card_info: Mapping[str, Any] | None = None,
     target_uri: str | None = None,
@@ -510,7 +773,8 @@ def publish_release(
     Args:
         store: the dataset's store; releases go to ``{store}/{dataset}/releases/`` by default.
         spec_name: the spec's name (the card's title unless ``card_info["pretty_name"]``).
-        tables: the data (``ReleaseTables``).
+        tables: the data: ``ShardedTables`` (the store's stage shard files, streamed; what the
+            build uses) or ``ReleaseTables`` (whole tables in memory).
         manifest_extra: run metadata added to the manifest and NOT hashed (flow run id, timings,
             ``spec_hash``/``gates`` if not in card_info). Secret-named keys are redacted.
         card_info: the card inputs, hashed with the data, so they must be deterministic for the
@@ -527,29 +791,34 @@ def publish_release(
     card_inputs = scrub(dict(card_info or {}))
     extra = scrub(dict(manifest_extra or {}))
     aggregate = _aggregate_dict(tables.aggregate)
-    judges = _judges(tables.scored)
-
-    counts, sizes, files, features = _plan(tables, max_shard_rows)
-    configs, infos = _configs(counts, sizes, features)
-    hashed_inputs = {
-        "spec_name": spec_name,
-        "card_info": card_inputs,
-        "aggregate": aggregate,
-        "judges": judges,
-    }
-    inputs_hash = hashlib.sha256(
-        json.dumps(hashed_inputs, sort_keys=True, default=str, ensure_ascii=False).encode()
-    ).hexdigest()
+    hashed_inputs: dict[str, Any] = {"spec_name": spec_name, "card_info": card_inputs, "aggregate": aggregate}
 
     complete = _complete(root)
     latest_version, latest = complete[-1] if complete else (0, None)
+    fingerprint = None
+    if isinstance(tables, ShardedTables):
+        fingerprint = _fingerprint(tables.file_hashes(store), hashed_inputs, max_shard_rows)
+        if latest is not None and latest.get("input_fingerprint") == fingerprint:
+            log.info("publish: inputs unchanged since v%d, no new release", latest_version)
+            return PublishedRelease(root.uri(f"v{latest_version}"), latest_version, latest, created=False)
+        splits, judge_counts = _stored_splits(store)
+    else:
+        splits, judge_counts = _memory_splits(tables), _judge_counts(_frame(tables.scored))
+    judges = _judges(judge_counts)
+    inputs_hash = hashlib.sha256(
+        json.dumps({**hashed_inputs, "judges": judges}, sort_keys=True, default=str, ensure_ascii=False).encode()
+    ).hexdigest()
+    counts: dict[str, dict[str, int]] = {}
+    for split in splits:
+        counts.setdefault(split.config, {})[split.split] = split.rows
+
     version = latest_version + 1
     existing = _versions(root)
     final = root.join(f"v{version}")
     dest = root.join(f".staging-v{version}-{uuid.uuid4().hex[:12]}") if root.local else final
 
     try:
-        file_info = _write_files(files, root, dest if root.local else None)
+        file_info, sizes = _write_files(splits, root, dest if root.local else None, max_shard_rows)
         content_hash = _content_hash(file_info, inputs_hash)
         if latest is not None and latest.get("content_hash") == content_hash:
             if root.local:
@@ -562,10 +831,16 @@ def publish_release(
             if version in existing:
                 # An object-store publish that died before its manifest: not a release; clear it.
                 _remove(root.fs, final)
-            uploaded = _write_files(files, root, dest)
+            uploaded, _ = _write_files(splits, root, dest, max_shard_rows)
             if uploaded != file_info:
                 raise RuntimeError("publish: Parquet output is not deterministic; refusing to publish")
 
+        features = {
+            "completions": completions_features(),
+            "pairs": pairs_features(),
+            "binarized": binarized_features(),
+        }
+        configs, infos = _configs(counts, sizes, features)
         card = render_card(
             spec_name=spec_name,
             version=version,
@@ -592,6 +867,7 @@ def publish_release(
             "parent": latest_version or None,
             "parent_content_hash": latest.get("content_hash") if latest else None,
             "content_hash": content_hash,
+            "input_fingerprint": fingerprint,
             "counts": counts,
             "statistics": (aggregate or {}).get("stats"),
             "judges": judges,
@@ -610,25 +886,22 @@ def publish_release(
     return PublishedRelease(uri=root.uri(f"v{version}"), version=version, manifest=manifest, created=True)
 
 
-def _write_files(files: list[tuple[str, pa.Table]], root: _Root, dest: str | None) -> dict[str, dict[str, Any]]:
-    """Serialise each data file and record its size and sha256; write it under ``dest`` unless None.
-
-    With ``dest=None`` nothing is written: on an object store the hashes are computed first, so a
-    rerun of a finished build uploads nothing at all.
-    """
-    info: dict[str, dict[str, Any]] = {}
-    for relpath, table in files:
-        data = _parquet_bytes(table)
-        info[relpath] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        if dest is not None:
-            _put(root.fs, posixpath.join(dest, relpath), data, root.local)
-    return info
-
-
 def _content_hash(file_info: Mapping[str, Mapping[str, Any]], inputs_hash: str) -> str:
     files = {path: info["sha256"] for path, info in sorted(file_info.items())}
     blob = json.dumps({"files": files, "inputs": inputs_hash}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def _fingerprint(file_hashes: Mapping[str, str], hashed_inputs: Mapping[str, Any], max_shard_rows: int) -> str:
+    """What a stored release is a function of: the input files' bytes, the card inputs, the shard
+    size and the release writer's version (a writer change that alters the output changes it)."""
+    blob = {
+        "writer": WRITER,
+        "files": dict(sorted(file_hashes.items())),
+        "inputs": hashed_inputs,
+        "max_shard_rows": max_shard_rows,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str, ensure_ascii=False).encode()).hexdigest()
 
 
 def _commit_local(root: _Root, staging: str, final: str, version: int) -> None:

@@ -8,9 +8,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import read_scored, run_logger, store_for
-from tasks.pairs.task import read_binarized_splits, read_pairs
-from tasks.publish.publish import ReleaseTables, publish_release, publish_to_hub
+from tasks.common import run_logger, store_for
+from tasks.publish.publish import ShardedTables, publish_release, publish_to_hub
 from ultrafeedback.spec import Spec
 
 HUB_TOKEN_ENV = "HF_TOKEN"
@@ -54,15 +53,15 @@ def publish_task(
     spec: Spec, aggregated: dict[str, Any] | None, gates: dict[str, Any], summary: dict[str, Any]
 ) -> dict[str, Any]:
     """Publish the release to the store (always: it is the source of truth), then to each other
-    target of ``spec.publish.targets``. Returns the store release's uri, version and manifest."""
+    target of ``spec.publish.targets``. Returns the store release's uri, version and manifest.
+
+    The release is streamed from the store's shard files (``scored/``, ``pairs/``,
+    ``binarized/{split}/``); their input fingerprint is computed once and shared by every target, so
+    a rerun on unchanged inputs returns each target's latest release without serialising anything.
+    """
     logger = run_logger()
     store = store_for(spec)
-    tables = ReleaseTables(
-        scored=read_scored(store),
-        pairs=read_pairs(store),
-        binarized=read_binarized_splits(store),
-        aggregate=aggregated,
-    )
+    tables = ShardedTables(aggregate=aggregated)
     card_info = card_info_for(spec, gates)
     extra = {"gate_results": gates, "build": summary}
     shard_rows = spec.publish.max_shard_rows

@@ -28,6 +28,7 @@ from tasks.publish.publish import (  # noqa: E402
     publish_release,
     publish_to_hub,
 )
+from tests.tasks.pairs.scored_data import write_scored_shards  # noqa: E402
 from ultrafeedback.records import ASPECTS, ScoredCompletion  # noqa: E402
 
 OPENBMB_TOP = ["source", "instruction", "models", "completions", "correct_answers", "incorrect_answers"]
@@ -338,19 +339,16 @@ def test_failure_mid_publish_leaves_nothing(store: Store, heuristic_tables, monk
 
 
 def test_failure_on_first_publish_leaves_no_release_folder(store: Store, heuristic_tables, monkeypatch) -> None:
-    def failing_table(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise RuntimeError("serialiser crashed")
-
     calls = {"n": 0}
-    real = publish_module._parquet_bytes
+    real = publish_module._serialise
 
-    def second_fails(table):  # noqa: ANN001, ANN202
+    def second_fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         calls["n"] += 1
         if calls["n"] == 2:
-            failing_table()
-        return real(table)
+            raise RuntimeError("serialiser crashed")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(publish_module, "_parquet_bytes", second_fails)
+    monkeypatch.setattr(publish_module, "_serialise", second_fails)
     with pytest.raises(RuntimeError, match="serialiser"):
         publish_release(store, "unit", heuristic_tables, {}, CARD_INFO)
     releases = Path(store.path("releases"))
@@ -476,8 +474,10 @@ def dask_address():
         yield client.scheduler.address
 
 
-def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str) -> None:
-    """aggregate -> pairs -> publish as the build flow calls them (the Prefect tasks' functions)."""
+@pytest.mark.parametrize("layout", ["sharded", "checkpoint parts"])
+def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str, layout: str) -> None:
+    """aggregate -> pairs -> publish as the build flow calls them (the Prefect tasks' functions),
+    on scored shard files and on a store written before them (checkpoint parts)."""
     from tasks.aggregate.task import AGGREGATE_JSON, aggregate_task
     from tasks.pairs.task import pairs_task, read_binarized, read_pairs
     from tasks.publish.task import publish_task
@@ -496,8 +496,10 @@ def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str) ->
         }
     )
     store = Store(spec.store, spec.name, spec.execution.storage_options)
-    rows = [ScoredCompletion(**r) for r in _scored_rows()]
-    store.results("scored", ScoredCompletion, key="completion_id").replace(rows)
+    if layout == "sharded":
+        write_scored_shards(store, _scored_rows(), instructions_per_shard=2)
+    else:
+        store.results("scored", ScoredCompletion, key="completion_id").replace(_scored_rows())
 
     aggregated = aggregate_task.fn(spec)
     assert aggregated["stats"]["completions"] == 24 and store.read_json(AGGREGATE_JSON) == aggregated
@@ -520,6 +522,7 @@ def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str) ->
     # a rerun with new timings (gate durations, stage seconds) publishes nothing new
     again = publish_task.fn(spec, aggregate_task.fn(spec), {"pairs": {**gates["pairs"], "duration_s": 3.0}}, {})
     assert (again["version"], again["created"]) == (1, False)
+    assert again["targets"] == release["targets"]
 
 
 # --------------------------------------------------------------------------- S3 (moto's server)
