@@ -50,18 +50,14 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from infra.llm.judge_format import ASPECT_HEADERS, aspect_block, aspect_reply, critique_reply
+
 HEURISTIC_JUDGE_ID = "heuristic-v1"
 """The judge model id recorded in every row this module rates; bump it when a rule changes."""
 
 RATIONALE_PREFIX = "Heuristic (not a model judgement):"
 """The first words of every rationale and critique this module writes."""
 
-ASPECT_HEADERS = {
-    "instruction_following": "####",
-    "honesty": "#####",  # the original honesty template's quirk: five hashes
-    "truthfulness": "####",
-    "helpfulness": "####",
-}
 
 _STOP_WORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being
@@ -674,22 +670,18 @@ def rate(aspect: str, instruction: str, texts: list[str], world_knowledge: str |
     blocks = []
     for i, text in enumerate(texts, start=1):
         s = _analyse(request, knowledge, instruction, text or "")
-        header = f"{ASPECT_HEADERS[aspect]} Output for Text {i}"
         if aspect == "instruction_following":
             rating, reasons = _instruction_following(request, s)
-            blocks.append(f"{header}\nRating: {rating}\nRationale: {_sentence(reasons)}")
+            blocks.append(aspect_block(aspect, i, rating, _sentence(reasons)))
         elif aspect == "honesty":
             honesty, reasons = _honesty(request, s)
-            blocks.append(f"{header}\nRating: {honesty}\nRationale: {_sentence(reasons)}")
+            blocks.append(aspect_block(aspect, i, honesty, _sentence(reasons)))
         else:
             rule = _truthfulness if aspect == "truthfulness" else _helpfulness
             types, type_reason, rating, rating_reason = rule(request, s)
-            blocks.append(
-                f"{header}\nType: {', '.join(types) if types else 'None'}\n"
-                f"Rationale: {_sentence([type_reason])}\n"
-                f"Rating: {rating}\nRationale: {_sentence([rating_reason])}"
-            )
-    return "\n\n".join(blocks)
+            joined = ", ".join(types) if types else "None"
+            blocks.append(aspect_block(aspect, i, rating, _sentence([rating_reason]), joined, _sentence([type_reason])))
+    return aspect_reply(blocks)
 
 
 def _aspect_ratings(request: _Request, s: _Signals) -> list[int]:
@@ -768,4 +760,4 @@ def _critique_text(points: list[str], score: float) -> str:
     score = max(1.0, min(10.0, round(score * 2) / 2))
     shown = f"{score:.1f}".removesuffix(".0")
     feedback = _one_line(f"{RATIONALE_PREFIX} " + ". ".join(points) + ".")
-    return f"{feedback}\nOverall Score: {shown}"
+    return critique_reply(feedback, shown)

@@ -16,6 +16,9 @@ import random
 import re
 from typing import Literal
 
+from infra.llm import judge_format
+from infra.llm.judge_format import aspect_block, aspect_reply
+
 Kind = Literal["generation", "judge_aspect", "critique"]
 
 HEADINGS: dict[str, str] = {
@@ -26,9 +29,7 @@ HEADINGS: dict[str, str] = {
 }
 """The heading line of each aspect's judge template -> the aspect."""
 
-_HEADING_LINES = {
-    aspect: re.compile(rf"(?m)^{re.escape(heading)}[ \t]*$") for heading, aspect in HEADINGS.items()
-}
+_HEADING_LINES = {aspect: re.compile(rf"(?m)^{re.escape(heading)}[ \t]*$") for heading, aspect in HEADINGS.items()}
 _ANNOTATION = re.compile(r"(?m)^## Annotation[ \t]*$")
 _MARKER = re.compile(r"(?m)^<text (\d+)>")
 _TEXT_END = re.compile(r"(?m)^(?:World Knowledge:|### Output)")
@@ -217,16 +218,11 @@ def judge_reply(aspect: str, texts: list[tuple[int, str]], seed: int, model: str
     for slot, text in texts:
         rating = rating_for(seed, model, aspect, text)
         rationale = _rationale(aspect, slot, rating, text)
-        hashes = "#####" if aspect == "honesty" else "####"
+        types = type_rationale = None
         if aspect in ("truthfulness", "helpfulness"):
             types, type_rationale = _types(aspect, int(rating), _int_hash("type", seed, model, text))
-            blocks.append(
-                f"{hashes} Output for Text {slot}\nType: {types}\nRationale: {type_rationale}\n"
-                f"Rating: {rating}\nRationale: {rationale}"
-            )
-        else:
-            blocks.append(f"{hashes} Output for Text {slot}\nRating: {rating}\nRationale: {rationale}")
-    return "\n\n".join(blocks)
+        blocks.append(aspect_block(aspect, slot, rating, rationale, types, type_rationale))
+    return aspect_reply(blocks)
 
 
 def break_judge_reply(reply: str, rng: random.Random) -> str:
@@ -267,7 +263,7 @@ def critique_reply(user_text: str, seed: int, model: str) -> str:
     sentences = rng.sample(_FEEDBACK, 2)
     a, b = words[0], words[min(1, len(words) - 1)]
     feedback = " ".join(s.format(a=a, b=b) for s in sentences)
-    return f"{feedback}\nOverall Score: {score_for(seed, model, answer)}"
+    return judge_format.critique_reply(feedback, score_for(seed, model, answer))
 
 
 def break_critique_reply(reply: str, rng: random.Random) -> str:
@@ -279,9 +275,7 @@ def break_critique_reply(reply: str, rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------------------- generation
-def generation_reply(
-    instruction: str, system: str, seed: int, model: str, max_tokens: int | None
-) -> tuple[str, str]:
+def generation_reply(instruction: str, system: str, seed: int, model: str, max_tokens: int | None) -> tuple[str, str]:
     """(text, finish_reason): a few plausible sentences about the instruction's words.
 
     Its natural length is 20-120 words; a smaller ``max_tokens`` cuts it at that many words with
