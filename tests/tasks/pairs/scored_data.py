@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from infra.store import Store, arrow_schema
 from ultrafeedback.keys import instruction_id
 from ultrafeedback.records import ScoredCompletion
+from ultrafeedback.spec import Spec, validate_dict
 
 MODELS = ["m-a", "m-b", "m-c", "m-d", "m-e"]
 SOURCES = ["evol_instruct", "flan", "sharegpt", "truthful_qa", "ultrachat"]
@@ -104,3 +105,19 @@ def write_scored_shards(
         pq.write_table(table, sink, row_group_size=row_group_rows)
         store.write_bytes(f"scored/shard-{shard:05d}.parquet", sink.getvalue().to_pybytes())
     return tables
+
+
+def pairs_spec(store: str, pairs: dict[str, Any] | None = None, **binarize: Any) -> Spec:
+    """A spec whose store is ``store``, with ``pairs`` and ``binarize`` settings (truthful_qa
+    excluded from binarization by default, as H4 does)."""
+    return validate_dict(
+        {
+            "name": "unit",
+            "store": store,
+            "sources": [{"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"}],
+            "endpoints": {"openai": {"base_url": "https://api.example.com/v1", "api_key_env": "MY_KEY_ENV"}},
+            "models": [{"id": m, "backend": "embedded"} for m in MODELS[:4]],
+            "pairs": pairs or {},
+            "binarize": {"exclude_sources": ["truthful_qa"], **binarize},
+        }
+    )

@@ -40,26 +40,22 @@ from tasks.pairs.task import (  # noqa: E402
     read_binarized_splits,
     read_pairs,
 )
-from tests.tasks.pairs.scored_data import SCHEMA, scored_rows, shard_tables, write_scored_shards  # noqa: E402
+from tests.tasks.pairs.scored_data import (  # noqa: E402
+    SCHEMA,
+    pairs_spec,
+    scored_rows,
+    shard_tables,
+    write_scored_shards,
+)
 from ultrafeedback.records import Pair, ScoredCompletion  # noqa: E402
-from ultrafeedback.spec import Spec, validate_dict  # noqa: E402
+from ultrafeedback.spec import Spec  # noqa: E402
 
 ROWS = scored_rows(160, seed=7)
 
 
 def _spec(tmp_path: Path, **binarize_rule: Any) -> Spec:
     pairs = {"score": binarize_rule.pop("score")} if "score" in binarize_rule else {}
-    return validate_dict(
-        {
-            "name": "unit",
-            "store": str(tmp_path / "store"),
-            "sources": [{"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"}],
-            "endpoints": {"openai": {"base_url": "https://api.example.com/v1", "api_key_env": "MY_KEY_ENV"}},
-            "models": [{"id": m, "backend": "embedded"} for m in ["m-a", "m-b", "m-c", "m-d"]],
-            "pairs": pairs,
-            "binarize": {"exclude_sources": ["truthful_qa"], **binarize_rule},
-        }
-    )
+    return pairs_spec(str(tmp_path / "store"), pairs, **binarize_rule)
 
 
 def _store(spec: Spec) -> Store:

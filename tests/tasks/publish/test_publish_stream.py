@@ -38,8 +38,8 @@ from tasks.publish.publish import (  # noqa: E402
     pairs_table,
     publish_release,
 )
-from tests.tasks.pairs.scored_data import SCHEMA, scored_rows, write_scored_shards  # noqa: E402
-from ultrafeedback.spec import Spec, validate_dict  # noqa: E402
+from tests.tasks.pairs.scored_data import SCHEMA, pairs_spec, scored_rows, write_scored_shards  # noqa: E402
+from ultrafeedback.spec import Spec  # noqa: E402
 
 ROWS = scored_rows(150, seed=11)
 AGGREGATE = {"stats": {"prompts": 150, "completions": len(ROWS)}}
@@ -48,16 +48,7 @@ MAX_ROWS = 50
 
 
 def _spec(root: Path) -> Spec:
-    return validate_dict(
-        {
-            "name": "unit",
-            "store": str(root / "store"),
-            "sources": [{"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"}],
-            "endpoints": {"openai": {"base_url": "https://api.example.com/v1", "api_key_env": "MY_KEY_ENV"}},
-            "models": [{"id": m, "backend": "embedded"} for m in ["m-a", "m-b", "m-c", "m-d"]],
-            "binarize": {"test_size": 0.2, "exclude_sources": ["truthful_qa"]},
-        }
-    )
+    return pairs_spec(str(root / "store"), test_size=0.2)
 
 
 def _built(root: Path, per_shard: int = 13) -> Store:
