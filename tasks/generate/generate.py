@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from infra.checkpoint import Checkpointer, failure_log
 from infra.llm.base import LLMRequest, LLMResult
@@ -69,59 +70,77 @@ def generate_shard(
 
     started = time.monotonic()
     report = ShardReport(stage=STAGE, shard=shard)
-    by_model: dict[str, list[CompletionRequest]] = defaultdict(list)
-    for request in requests:
-        by_model[request.model].append(request)
+    # One batch per backend: models behind one endpoint share its backend and its in-flight
+    # budget, so their requests go out together (a model's tail never leaves the endpoint idle);
+    # local backends (embedded, vLLM) run one model's batch at a time, as a device holds one model.
+    batches: dict[tuple[int, str], tuple[Any, list[LLMRequest]]] = {}
+    originals = {r.request_id: r for r in requests}
+    for request in sorted(requests, key=lambda r: r.model):
+        entry = spec.model_entry(request.model)
+        backend = model_backend(spec, entry)
+        group = (id(backend), "" if entry.backend == "openai" else entry.id)
+        batch = batches.setdefault(group, (backend, []))[1]
+        batch.append(to_llm_request(request, instructions[request.instruction_id], entry.served_name))
+    report.issued = len(requests)
     results = results or store.results(STAGE, Completion, key="request_id")
     failures = failures or failure_log(store, STAGE)
+    lock = threading.Lock()
     with Checkpointer(
         results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)
     ) as checkpoint:
-        for model_id in sorted(by_model):
-            entry = spec.model_entry(model_id)
-            backend = model_backend(spec, entry)
-            batch = by_model[model_id]
-            originals = {r.request_id: r for r in batch}
-            calls = [to_llm_request(r, instructions[r.instruction_id], entry.served_name) for r in batch]
-            report.issued += len(calls)
 
-            def on_result(
-                result: LLMResult, model_id: str = model_id, originals: dict = originals, backend=backend
-            ) -> None:
-                original = originals[result.key]
-                report.add_tokens(model_id, result.input_tokens, result.output_tokens)
-                if result.ok and not (result.text or "").strip():
-                    # an empty answer (content filter, null content, immediate stop) is a failure:
-                    # stored as a success it would block the gate and never be retried
-                    result = LLMResult(
-                        key=result.key,
-                        text=None,
+        def on_result(result: LLMResult, backend_name: str) -> None:
+            original = originals[result.key]
+            if result.ok and not (result.text or "").strip():
+                # an empty answer (content filter, null content, immediate stop) is a failure:
+                # stored as a success it would block the gate and never be retried
+                result = LLMResult(
+                    key=result.key,
+                    text=None,
+                    finish_reason=result.finish_reason,
+                    attempts=result.attempts,
+                    error=f"empty response (finish_reason={result.finish_reason or 'unknown'})",
+                    reason="empty_response",
+                )
+            if result.ok:
+                checkpoint.add(
+                    Completion(
+                        request_id=original.request_id,
+                        instruction_id=original.instruction_id,
+                        model=original.model,
+                        response=(result.text or "").strip(),
                         finish_reason=result.finish_reason,
-                        attempts=result.attempts,
-                        error=f"empty response (finish_reason={result.finish_reason or 'unknown'})",
-                        reason="empty_response",
+                        input_tokens=result.input_tokens,
+                        output_tokens=result.output_tokens,
+                        latency_s=round(result.latency_s, 4),
+                        backend=backend_name,
                     )
+                )
+            else:
+                checkpoint.fail(failure_from(STAGE, shard, result))
+            with lock:
+                report.add_tokens(original.model, result.input_tokens, result.output_tokens)
                 if result.ok:
-                    checkpoint.add(
-                        Completion(
-                            request_id=original.request_id,
-                            instruction_id=original.instruction_id,
-                            model=model_id,
-                            response=(result.text or "").strip(),
-                            finish_reason=result.finish_reason,
-                            input_tokens=result.input_tokens,
-                            output_tokens=result.output_tokens,
-                            latency_s=round(result.latency_s, 4),
-                            backend=backend.name,
-                        )
-                    )
                     report.succeeded += 1
                 else:
-                    checkpoint.fail(failure_from(STAGE, shard, result))
                     report.failed[result.reason or "error"] += 1
-                if on_progress is not None:
-                    on_progress(1)
+            if on_progress is not None:
+                on_progress(1)
 
-            backend.run(calls, on_result)
+        def run_batch(backend: Any, calls: list[LLMRequest]) -> None:
+            backend.run(calls, lambda result: on_result(result, backend.name))
+
+        local = [batch for (_, model), batch in batches.items() if model]
+        remote = [batch for (_, model), batch in batches.items() if not model]
+        for batch in local:  # one model on the local device at a time
+            run_batch(*batch)
+        if len(remote) == 1:
+            run_batch(*remote[0])
+        elif remote:  # several endpoints: each blocks its own thread, all at once
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=len(batches), thread_name_prefix=f"generate-{shard}") as pool:
+                for future in [pool.submit(run_batch, *batch) for batch in remote]:
+                    future.result()
     report.seconds = time.monotonic() - started
     return report
