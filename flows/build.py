@@ -71,7 +71,7 @@ class BuildSummary:
 
     def cost(self, spec: Spec) -> dict[str, float]:
         prices = {m.id: m.price for m in spec.models}
-        from tasks.annotate.annotate import judge_model_id
+        from tasks.annotate.jobs import judge_model_id
 
         prices[judge_model_id(spec)] = spec.judge.price
         out = {}

@@ -298,11 +298,12 @@ def timed(stage: str, shard: int, body: Callable[[ShardReport], None]) -> ShardR
 def stages() -> list[Stage]:
     """Every stage in pipeline order (built on demand: the stage modules import heavy parts)."""
     from tasks.aggregate.task import AGGREGATE
-    from tasks.annotate.task import ANNOTATE, SCORE
+    from tasks.annotate.task import ANNOTATE
     from tasks.assign.task import ASSIGN
     from tasks.generate.task import GENERATE
     from tasks.ingest.task import INGEST
     from tasks.pairs.stage import PAIRS
     from tasks.publish.stage import PUBLISH
+    from tasks.score.task import SCORE
 
     return [INGEST, ASSIGN, GENERATE, ANNOTATE, SCORE, AGGREGATE, PAIRS, PUBLISH]

@@ -220,7 +220,7 @@ def test_critique_is_deterministic() -> None:
 
 
 def test_the_default_judge_records_the_heuristic_id() -> None:
-    from tasks.annotate.annotate import judge_kind, judge_model_id
+    from tasks.annotate.jobs import judge_kind, judge_model_id
     from ultrafeedback.spec import validate_dict
 
     spec = validate_dict(

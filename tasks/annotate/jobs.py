@@ -1,0 +1,165 @@
+"""The judge calls of the annotate stage, planned from keys: one per (instruction, aspect) over its
+completions in shuffled order, one critique per completion; and the keys they are stored under.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
+
+from ultrafeedback.keys import annotation_key, critique_key
+from ultrafeedback.records import (
+    Completion,
+    CompletionRequest,
+    Instruction,
+)
+from ultrafeedback.spec import Spec
+
+ANNOTATIONS = "annotations"
+CRITIQUES = "critiques"
+
+
+def judge_model_id(spec: Spec) -> str:
+    """The judge id recorded in keys and data; the heuristic's id carries its rule version."""
+    if spec.judge.backend == "heuristic":
+        from infra.llm.heuristic import HEURISTIC_JUDGE_ID
+
+        return HEURISTIC_JUDGE_ID
+    assert spec.judge.model is not None  # validated by the spec
+    return spec.judge.model
+
+
+def judge_kind(spec: Spec) -> str:
+    return "heuristic" if spec.judge.backend == "heuristic" else "model"
+
+
+@dataclass(frozen=True)
+class AspectJob:
+    key: str
+    instruction: Instruction
+    aspect: str
+    completion_ids: list[str]
+    texts: list[str]
+    world_knowledge: str | None
+
+
+@dataclass(frozen=True)
+class CritiqueJob:
+    key: str
+    instruction: Instruction
+    request: CompletionRequest
+    response: str
+
+
+def available_by_instruction(
+    requests: Sequence[CompletionRequest], completions: Container[str]
+) -> dict[str, list[CompletionRequest]]:
+    """Instruction id -> its requests that have a completion (ids in ``completions``), in slot order."""
+    grouped: dict[str, list[CompletionRequest]] = defaultdict(list)
+    for request in sorted(requests, key=lambda r: (r.instruction_id, r.position)):
+        if request.request_id in completions:
+            grouped[request.instruction_id].append(request)
+    return grouped
+
+
+def aspect_keys(
+    spec: Spec, instruction_id: str, available: list[CompletionRequest]
+) -> dict[str, tuple[str, list[str]]]:
+    """aspect -> (annotation key, completion ids in the order shown to the judge)."""
+    from tasks.annotate.prompts import TEMPLATE_VERSION, shuffle_order
+
+    judge = judge_model_id(spec)
+    sampling = spec.judge.sampling.canonical_json()
+    out = {}
+    for aspect in spec.judge.aspects:
+        if spec.judge.shuffle:
+            order = shuffle_order(len(available), spec.seed, instruction_id, aspect)
+        else:
+            order = list(range(len(available)))
+        ids = [available[i].request_id for i in order]
+        out[aspect] = (annotation_key(ids, aspect, judge, TEMPLATE_VERSION, sampling), ids)
+    return out
+
+
+def critique_key_for(spec: Spec, completion_id: str) -> str:
+    from tasks.annotate.prompts import CRITIQUE_TEMPLATE_VERSION
+
+    return critique_key(
+        completion_id,
+        judge_model_id(spec),
+        CRITIQUE_TEMPLATE_VERSION,
+        spec.judge.critique_sampling.canonical_json(),
+    )
+
+
+def plan_jobs(
+    spec: Spec,
+    requests: Sequence[CompletionRequest],
+    instructions: dict[str, Instruction],
+    completions: dict[str, Completion],
+    done_annotations: Container[str],
+    done_critiques: Container[str],
+) -> tuple[list[AspectJob], list[CritiqueJob]]:
+    """The judge calls still to make for these requests (what is stored is skipped)."""
+    return plan_shard_jobs(
+        spec,
+        requests,
+        completions,
+        done_annotations,
+        done_critiques,
+        lambda: instructions,
+        lambda ids: {i: completions[i].response for i in ids},
+    )
+
+
+def plan_shard_jobs(
+    spec: Spec,
+    requests: Sequence[CompletionRequest],
+    present: Container[str],
+    done_annotations: Container[str],
+    done_critiques: Container[str],
+    load_instructions: Callable[[], dict[str, Instruction]],
+    load_texts: Callable[[list[str]], dict[str, str]],
+) -> tuple[list[AspectJob], list[CritiqueJob]]:
+    """The judge calls still to make for one shard's requests, planned from keys alone.
+
+    ``present`` holds the request ids that have a completion, ``done_*`` the stored result keys;
+    the instructions and the response texts are loaded (``load_*``) only when something is
+    pending, and only the texts the pending calls show.
+    """
+    from tasks.annotate.prompts import world_knowledge
+
+    aspect_units: list[tuple[str, str, str, list[str]]] = []
+    critique_units: list[tuple[str, CompletionRequest]] = []
+    for instruction_id, available in available_by_instruction(requests, present).items():
+        for aspect, (key, ids) in aspect_keys(spec, instruction_id, available).items():
+            if key not in done_annotations:
+                aspect_units.append((instruction_id, aspect, key, ids))
+        if spec.judge.critique:
+            for request in available:
+                key = critique_key_for(spec, request.request_id)
+                if key not in done_critiques:
+                    critique_units.append((key, request))
+    if not aspect_units and not critique_units:
+        return [], []
+    instructions = load_instructions()
+    wanted = {i for *_, ids in aspect_units for i in ids} | {r.request_id for _, r in critique_units}
+    texts = load_texts(sorted(wanted))
+    sources = {s.name: s for s in spec.sources}
+    aspect_jobs: list[AspectJob] = []
+    for instruction_id, aspect, key, ids in aspect_units:
+        instruction = instructions[instruction_id]
+        knowledge = None
+        if aspect == "truthfulness":
+            knowledge = world_knowledge(
+                sources[instruction.source].world_knowledge,
+                instruction.correct_answers,
+                instruction.incorrect_answers,
+            )
+        aspect_jobs.append(AspectJob(key, instruction, aspect, ids, [texts[i] for i in ids], knowledge))
+    critique_jobs = [
+        CritiqueJob(key, instructions[request.instruction_id], request, texts[request.request_id])
+        for key, request in critique_units
+    ]
+    return aspect_jobs, critique_jobs

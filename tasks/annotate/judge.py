@@ -1,0 +1,202 @@
+"""Run one shard's judge calls, checkpointing as results arrive.
+
+Raw judge text is stored before anything else is derived from it, so a parser fix never needs a
+paid call again. Unparseable output is re-queried up to ``judge.parse_retries`` times; what still
+fails is recorded as a failure with the parse reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from infra.checkpoint import Checkpointer, failure_log
+from infra.llm.base import LLMRequest, LLMResult
+from infra.store import ResultLog, Store
+from tasks.annotate.jobs import ANNOTATIONS, CRITIQUES, AspectJob, CritiqueJob, judge_kind, judge_model_id
+from tasks.generate.generate import failure_from, shard_label
+from tasks.stages import ShardReport
+from ultrafeedback.records import (
+    AspectAnnotation,
+    Critique,
+    Failure,
+)
+from ultrafeedback.spec import Spec
+
+
+def _aspect_row(spec: Spec, job: AspectJob, raw: str, tokens: tuple[int, int]) -> AspectAnnotation:
+    return AspectAnnotation(
+        annotation_key=job.key,
+        instruction_id=job.instruction.id,
+        aspect=job.aspect,
+        completion_ids=job.completion_ids,
+        raw=raw,
+        judge_model=judge_model_id(spec),
+        judge_kind=judge_kind(spec),  # type: ignore[arg-type]
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+    )
+
+
+def _critique_row(spec: Spec, job: CritiqueJob, raw: str, parsed: Any, tokens: tuple[int, int]) -> Critique:
+    return Critique(
+        critique_key=job.key,
+        completion_id=job.request.request_id,
+        instruction_id=job.instruction.id,
+        raw=raw,
+        critique=parsed.critique,
+        overall_score=parsed.overall_score,
+        judge_model=judge_model_id(spec),
+        judge_kind=judge_kind(spec),  # type: ignore[arg-type]
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+    )
+
+
+def annotate_shard(
+    spec: Spec,
+    store: Store,
+    shard: int,
+    aspect_jobs: Sequence[AspectJob],
+    critique_jobs: Sequence[CritiqueJob],
+    on_progress: Callable[[int], None] | None = None,
+    logs: dict[str, ResultLog] | None = None,
+) -> ShardReport:
+    """Run the planned judge calls of one shard, checkpointing as results arrive.
+
+    ``logs`` are the run's shared result and failure logs by name (``annotations``,
+    ``failures/annotations``, ``critiques``, ``failures/critiques``); by default the store's."""
+    from tasks.annotate.parse import parse_aspect, parse_critique
+
+    started = time.monotonic()
+    report = ShardReport(stage=ANNOTATIONS, shard=shard)
+    label = shard_label(shard)
+    every = spec.execution.checkpoint_every
+    logs = logs or {}
+    aspects = Checkpointer(
+        logs.get(ANNOTATIONS) or store.results(ANNOTATIONS, AspectAnnotation, key="annotation_key"),
+        logs.get(f"failures/{ANNOTATIONS}") or failure_log(store, ANNOTATIONS),
+        every=every,
+        label=label,
+    )
+    critiques = Checkpointer(
+        logs.get(CRITIQUES) or store.results(CRITIQUES, Critique, key="critique_key"),
+        logs.get(f"failures/{CRITIQUES}") or failure_log(store, CRITIQUES),
+        every=every,
+        label=label,
+    )
+
+    def parse(job: AspectJob | CritiqueJob, raw: str) -> Any:
+        if isinstance(job, AspectJob):
+            return parse_aspect(job.aspect, raw, len(job.texts))
+        return parse_critique(raw)
+
+    def accept(job: AspectJob | CritiqueJob, raw: str, parsed: Any, tokens: tuple[int, int]) -> None:
+        if isinstance(job, AspectJob):
+            aspects.add(_aspect_row(spec, job, raw, tokens))
+        else:
+            critiques.add(_critique_row(spec, job, raw, parsed, tokens))
+        report.succeeded += 1
+        if on_progress is not None:
+            on_progress(1)
+
+    def reject(job: AspectJob | CritiqueJob, failure: Failure) -> None:
+        (aspects if isinstance(job, AspectJob) else critiques).fail(failure)
+        report.failed[failure.reason] += 1
+        if on_progress is not None:
+            on_progress(1)
+
+    jobs: list[AspectJob | CritiqueJob] = [*aspect_jobs, *critique_jobs]
+    report.issued = len(jobs)
+    with aspects, critiques:
+        if spec.judge.backend == "heuristic":
+            _run_heuristic(jobs, parse, accept, reject, shard)
+        else:
+            _run_model(spec, jobs, parse, accept, reject, shard, report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _run_heuristic(jobs, parse, accept, reject, shard: int) -> None:  # noqa: ANN001
+    from infra.llm import heuristic
+
+    for job in jobs:
+        if isinstance(job, AspectJob):
+            raw = heuristic.rate(job.aspect, job.instruction.instruction, job.texts, job.world_knowledge)
+        else:
+            raw = heuristic.critique(job.instruction.instruction, job.response, note=job.request.system_prompt)
+        parsed = parse(job, raw)
+        if parsed.ok:
+            accept(job, raw, parsed, (0, 0))
+        else:  # a rule bug, recorded like any other failure
+            reject(job, _parse_failure(job, shard, parsed, raw, 1))
+
+
+def _parse_failure(job: AspectJob | CritiqueJob, shard: int, parsed: Any, raw: str, attempts: int) -> Failure:
+    stage = ANNOTATIONS if isinstance(job, AspectJob) else CRITIQUES
+    return Failure(
+        stage=stage,
+        key=job.key,
+        shard=shard,
+        reason=f"parse_{parsed.reason}",
+        error=f"{parsed.detail} | raw: {raw[:1500]}",
+        attempts=attempts,
+        at=time.time(),
+    )
+
+
+def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
+    from tasks.annotate.prompts import aspect_messages, critique_messages
+
+    if isinstance(job, AspectJob):
+        messages = aspect_messages(job.aspect, job.instruction.instruction, job.texts, job.world_knowledge)
+        sampling = spec.judge.sampling
+    else:
+        messages = critique_messages(
+            job.instruction.instruction, job.response, job.request.principle, job.request.system_prompt
+        )
+        sampling = spec.judge.critique_sampling
+    return LLMRequest(
+        key=job.key,
+        model=judge_model_id(spec),
+        messages=messages,
+        sampling={k: v for k, v in sampling.model_dump().items() if v is not None},
+    )
+
+
+def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport) -> None:  # noqa: ANN001
+    from infra.llm.factory import judge_backend
+
+    backend = judge_backend(spec)
+    pending = {job.key: job for job in jobs}
+    attempts: dict[str, int] = defaultdict(int)
+    for round_number in range(spec.judge.parse_retries + 1):
+        if not pending:
+            break
+        last_round = round_number == spec.judge.parse_retries
+        retry: dict[str, AspectJob | CritiqueJob] = {}
+
+        def on_result(
+            result: LLMResult, retry: dict = retry, last_round: bool = last_round, pending: dict = pending
+        ) -> None:
+            job = pending[result.key]
+            attempts[job.key] += result.attempts
+            report.add_tokens(judge_model_id(spec), result.input_tokens, result.output_tokens)
+            if not result.ok:
+                reject(job, failure_from(ANNOTATIONS if isinstance(job, AspectJob) else CRITIQUES, shard, result))
+                return
+            raw = result.text or ""
+            parsed = parse(job, raw)
+            if parsed.ok:
+                accept(job, raw, parsed, (result.input_tokens, result.output_tokens))
+            elif last_round:
+                reject(job, _parse_failure(job, shard, parsed, raw, attempts[job.key]))
+            else:
+                retry[job.key] = job
+
+        backend.run([_model_request(spec, job) for job in pending.values()], on_result)
+        if retry:
+            report.issued += len(retry)
+        pending = retry

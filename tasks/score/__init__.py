@@ -1,0 +1,1 @@
+"""The score stage: the scored table per shard."""

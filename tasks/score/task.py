@@ -1,0 +1,117 @@
+"""The score stage: per shard, instructions, requests, completions, ratings and critiques joined
+into ``scored/shard-NNNNN.parquet``, recomputed only when the stored results it joins changed."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from tasks.annotate.jobs import (
+    ANNOTATIONS,
+    CRITIQUES,
+    aspect_keys,
+    available_by_instruction,
+    critique_key_for,
+    judge_kind,
+    judge_model_id,
+)
+from tasks.score.score import build_scored
+from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
+from ultrafeedback.outputs import OUTPUTS
+from ultrafeedback.records import AspectAnnotation, Completion, Critique, ScoredCompletion
+
+
+@cache
+def _scoring_code_version() -> str:
+    """Scored rows are parsed from stored judge text: a change to the parser or to the join
+    re-scores every shard (no call is made again)."""
+    tasks = Path(__file__).parent.parent
+    digest = hashlib.sha256()
+    for path in (tasks / "annotate" / "parse.py", tasks / "score" / "score.py"):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _score_inputs(run: Run, shard: int) -> tuple[str, list[str], list[str], list[str]]:
+    """(fingerprint, completion ids, annotation keys, critique keys) of one shard's scored file:
+    the stored results it joins, found from key columns alone."""
+    spec = run.spec
+    requests = run.requests(shard)
+    completions = run.log("completions").index()
+    present = [r.request_id for r in requests if r.request_id in completions]
+    annotations = run.log(ANNOTATIONS).index()
+    annotation_keys = [
+        key
+        for instruction_id, available in available_by_instruction(requests, set(present)).items()
+        for key, _ in aspect_keys(spec, instruction_id, available).values()
+        if key in annotations
+    ]
+    critique_keys: list[str] = []
+    if spec.judge.critique:
+        critiques = run.log(CRITIQUES).index()
+        critique_keys = [k for k in (critique_key_for(spec, i) for i in present) if k in critiques]
+    digest = fingerprint(
+        "scored",
+        run.store.fingerprint(OUTPUTS["instructions"].shard_path(shard)),
+        run.store.fingerprint(OUTPUTS["requests"].shard_path(shard)),
+        present,
+        annotation_keys,
+        critique_keys,
+        judge_model_id(spec),
+        judge_kind(spec),
+        list(spec.judge.aspects),
+        spec.judge.critique,
+        _scoring_code_version(),
+    )
+    return digest, present, annotation_keys, critique_keys
+
+
+def run_score(run: Run, shard: int) -> ShardReport:
+    """Join the shard's instructions, requests, completions, ratings and critiques into
+    ``scored/shard-NNNNN.parquet`` (skipped when its inputs are unchanged)."""
+    from infra.store import rows_table
+
+    report = ShardReport(stage="score", shard=shard)
+    path = OUTPUTS["scored"].shard_path(shard)
+    digest, present, annotation_keys, critique_keys = _score_inputs(run, shard)
+    if run.store.fingerprint(path) == digest:
+        report.skipped = True
+        return report
+
+    def rows(name: str, model: type, keys: list[str], key: str) -> dict[str, Any]:
+        table = run.log(name).read_keys(keys)
+        return {row[key]: model(**row) for row in table.to_pylist()}
+
+    scored = build_scored(
+        run.spec,
+        run.instructions(shard),
+        run.requests(shard),
+        rows("completions", Completion, present, "request_id"),
+        rows(ANNOTATIONS, AspectAnnotation, annotation_keys, "annotation_key"),
+        rows(CRITIQUES, Critique, critique_keys, "critique_key"),
+    )
+    run.store.write_shard(path, rows_table(scored, ScoredCompletion), digest)
+    report.succeeded = len(scored)
+    return report
+
+
+def _summary(run: Run) -> list[Any]:
+    from expectations.summary import count_check, unique_keys_check
+
+    completions = run.log("completions").index()
+    expected = sum(1 for s in run.shards() for r in run.requests(s) if r.request_id in completions)
+    ids = run.column("scored", "completion_id")
+    return [count_check("row count", len(ids), low=expected, high=expected), unique_keys_check("completion_id", ids)]
+
+
+SCORE = Stage(
+    name="score",
+    reads=("instructions", "requests", "completions", "annotations", "critiques"),
+    writes=("scored",),
+    sharded=True,
+    overlap=True,
+    run_shard=run_score,
+    gates=(Gate("annotate", shard_file_rows("scored"), summary=_summary),),
+)

@@ -1,0 +1,105 @@
+"""The scored join: every rating lands on the completion the judge saw in that slot, whatever the
+shuffle; what is missing or unparseable stays null; only results under the current keys count."""
+
+from __future__ import annotations
+
+from infra.llm.judge_format import aspect_block, aspect_reply
+from tasks.annotate.jobs import aspect_keys, critique_key_for, judge_kind, judge_model_id
+from tasks.score.score import build_scored
+from tests.tasks.annotate.shard_inputs import ASPECTS, make_spec, shard_inputs
+from ultrafeedback.records import AspectAnnotation, Critique
+
+
+def annotation(spec, key: str, instruction_id: str, aspect: str, ids: list[str], raw: str) -> AspectAnnotation:
+    return AspectAnnotation(
+        annotation_key=key,
+        instruction_id=instruction_id,
+        aspect=aspect,
+        completion_ids=ids,
+        raw=raw,
+        judge_model=judge_model_id(spec),
+        judge_kind=judge_kind(spec),
+    )
+
+
+def rated(spec, inputs, rating_of) -> dict[str, AspectAnnotation]:
+    """An annotation per (instruction, aspect) under its current key, rating each text
+    ``rating_of(completion id, aspect)`` in the (shuffled) order the judge saw them."""
+    out = {}
+    for iid in inputs.instructions:
+        for aspect, (key, ids) in aspect_keys(spec, iid, inputs.available(iid)).items():
+            blocks = [
+                aspect_block(aspect, slot, rating_of(cid, aspect), f"about {cid}", "1, 3", "clear")
+                for slot, cid in enumerate(ids, start=1)
+            ]
+            out[key] = annotation(spec, key, iid, aspect, ids, aspect_reply(blocks))
+    return out
+
+
+def ratings_by_id(rows) -> dict[str, dict[str, str]]:
+    return {r.completion_id: {a: getattr(r, f"{a}_rating") for a in ASPECTS} for r in rows}
+
+
+def test_each_rating_lands_on_the_completion_it_was_given_for(tmp_path):
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    wanted = {"i0-0": "5", "i0-1": "1", "i1-0": "2", "i1-1": "4"}
+    annotations = rated(spec, inputs, lambda cid, aspect: wanted[cid])
+    # the judge saw at least one set in another order than the slots (else a swap would not show)
+    assert any(a.completion_ids != sorted(a.completion_ids) for a in annotations.values())
+    rows = build_scored(spec, inputs.instructions, inputs.requests, inputs.completions, annotations, {})
+    assert ratings_by_id(rows) == {cid: dict.fromkeys(ASPECTS, rating) for cid, rating in wanted.items()}
+    by_id = {r.completion_id: r for r in rows}
+    assert by_id["i0-1"].honesty_rationale == "about i0-1"
+    assert by_id["i0-1"].truthfulness_type == ["1", "3"]
+    assert by_id["i0-0"].fine_grained_score == 5.0
+    assert by_id["i1-0"].critique is None and by_id["i1-0"].overall_score is None  # no critique stored
+
+
+def test_a_missing_or_unparseable_annotation_leaves_its_aspect_null(tmp_path):
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    annotations = rated(spec, inputs, lambda cid, aspect: "3")
+    (honesty_i0,) = [a for a in annotations.values() if a.instruction_id == "i0" and a.aspect == "honesty"]
+    annotations[honesty_i0.annotation_key] = honesty_i0.model_copy(update={"raw": "I cannot rate these."})
+    (truth_i1,) = [k for k, a in annotations.items() if a.instruction_id == "i1" and a.aspect == "truthfulness"]
+    del annotations[truth_i1]
+    ratings = ratings_by_id(
+        build_scored(spec, inputs.instructions, inputs.requests, inputs.completions, annotations, {})
+    )
+    assert ratings["i0-0"] == {"honesty": None, "truthfulness": "3"}
+    assert ratings["i1-1"] == {"honesty": "3", "truthfulness": None}
+
+
+def test_results_under_an_older_key_are_not_joined(tmp_path):
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    stale = {
+        "old-key": annotation(spec, "old-key", "i0", "honesty", ["i0-0", "i0-1"], "#### Output for Text 1\nRating: 1")
+    }
+    rows = build_scored(spec, inputs.instructions, inputs.requests, inputs.completions, stale, {})
+    assert all(r.honesty_rating is None for r in rows)
+
+
+def test_critiques_and_a_failed_completion(tmp_path):
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    del inputs.completions["i1-1"]  # its generation failed: the row is absent, the model still listed
+    critiques = {
+        critique_key_for(spec, cid): Critique(
+            critique_key=critique_key_for(spec, cid),
+            completion_id=cid,
+            instruction_id=cid.split("-")[0],
+            raw="Good.\nOverall Score: 7.5",
+            critique="Good.",
+            overall_score=7.5,
+            judge_model=judge_model_id(spec),
+            judge_kind=judge_kind(spec),
+        )
+        for cid in inputs.completions
+    }
+    rows = build_scored(spec, inputs.instructions, inputs.requests, inputs.completions, {}, critiques)
+    assert sorted(r.completion_id for r in rows) == ["i0-0", "i0-1", "i1-0"]
+    (i1,) = [r for r in rows if r.instruction_id == "i1"]
+    assert i1.models == ["sim-0", "sim-1"] and i1.overall_score == 7.5
+    assert [(r.instruction_id, r.position) for r in rows] == [("i0", 0), ("i0", 1), ("i1", 0)]
