@@ -20,8 +20,9 @@ release, ``read_pairs``) never hold more than the shards being merged at that mo
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,8 +56,14 @@ def shard_files(store: Store, folder: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def write_shard(store: Store, relpath: str, table: pa.Table) -> None:
-    """Write one shard file atomically, in row groups of :data:`ROW_GROUP_ROWS` rows."""
+def write_shard_file(
+    store: Store, relpath: str, table: pa.Table, metadata: Mapping[bytes, str | bytes] | None = None
+) -> None:
+    """Write one shard file atomically, in row groups of :data:`ROW_GROUP_ROWS` rows, with
+    ``metadata`` added to its schema's (fingerprints, counts: read back from the footer)."""
+    if metadata:
+        extra = {k: v.encode() if isinstance(v, str) else v for k, v in metadata.items()}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     store.write_bytes(relpath, sink.getvalue().to_pybytes())
@@ -66,6 +73,21 @@ def read_columns(store: Store, relpath: str, columns: Sequence[str] | None = Non
     """One file, or only some of its columns (the key columns are a small part of a shard)."""
     with store.fs.open(store.path(relpath), "rb") as handle:
         return pq.read_table(handle, columns=None if columns is None else list(columns))
+
+
+def footer_metadata(store: Store, relpath: str) -> dict[bytes, bytes]:
+    """A Parquet file's schema metadata, from its footer."""
+    with store.fs.open(store.path(relpath), "rb") as handle:
+        return dict(pq.read_schema(handle).metadata or {})
+
+
+def file_sha256(store: Store, relpath: str, block: int = 1 << 22) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with store.fs.open(store.path(relpath), "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def num_rows(store: Store, relpath: str) -> int:

@@ -54,7 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from infra.store import Store
-from tasks.pairs.shards import TableCursor
+from tasks.pairs.shards import TableCursor, file_sha256
 from tasks.publish.card import render_card, scrub
 from ultrafeedback.records import ASPECTS, TYPED_ASPECTS, Pair
 
@@ -73,7 +73,6 @@ ROW_GROUP_ROWS = 2_000
 WRITER = 2
 """The release writer's version, part of a stored release's input fingerprint: bump it when a code
 change alters the files written for the same inputs, so that a rerun publishes the new output."""
-HASH_BLOCK = 1 << 22
 
 CONFIG_SPLITS: dict[str, tuple[str, ...]] = {
     "completions": ("train",),
@@ -327,7 +326,7 @@ class ShardedTables:
         """relpath -> sha256 of every input file (computed once per store)."""
         key = store.path()
         if key not in self._file_hashes:
-            self._file_hashes[key] = {relpath: _file_sha256(store, relpath) for relpath in _input_files(store)}
+            self._file_hashes[key] = {relpath: file_sha256(store, relpath) for relpath in _input_files(store)}
         return self._file_hashes[key]
 
 
@@ -382,14 +381,6 @@ def _input_files(store: Store) -> list[str]:
     for folder in (PAIRS, *(f"{BINARIZED}/{split}" for split in SPLITS)):
         files += [relpath for _, relpath in shard_files(store, folder)]
     return files
-
-
-def _file_sha256(store: Store, relpath: str) -> str:
-    digest = hashlib.sha256()
-    with store.fs.open(store.path(relpath), "rb") as handle:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stored_splits(store: Store) -> tuple[list[_Split], Counter[tuple[str, str]]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -192,6 +193,102 @@ def test_an_instruction_in_two_shards_is_refused(tmp_path: Path) -> None:
     store.write_table("scored/shard-00001.parquet", whole.slice(20))
     with pytest.raises(ValueError, match="each scored shard must hold whole instructions"):
         pairs_task.fn(spec)
+
+
+def _stamps(store: Store) -> dict[str, int]:
+    """relpath -> modification time (ns) of every pairs and binarized shard file."""
+    folders = ["pairs", "binarized/train_prefs", "binarized/test_prefs"]
+    return {f"{d}/{n}": os.stat(store.path(d, n)).st_mtime_ns for d in folders for n in store.ls(d)}
+
+
+@pytest.fixture
+def build_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the shards the pairs stage builds (calls of build_pairs)."""
+    import tasks.pairs.task as module
+
+    calls: list[int] = []
+    real = module.build_pairs
+
+    def counting(frame: pd.DataFrame, score: str = "fine_grained") -> list[Pair]:
+        calls.append(len(frame))
+        return real(frame, score)
+
+    monkeypatch.setattr(module, "build_pairs", counting)
+    return calls
+
+
+def test_a_rerun_rebuilds_only_the_shards_whose_inputs_changed(tmp_path: Path, build_calls: list[int]) -> None:
+    spec = _spec(tmp_path)
+    store = _store(spec)
+    tables = write_scored_shards(store, ROWS, 20)
+    first = pairs_task.fn(spec)
+    assert len(build_calls) == len(tables) == 8
+    stamps = _stamps(store)
+
+    build_calls.clear()
+    assert pairs_task.fn(spec) == first
+    assert build_calls == [] and _stamps(store) == stamps  # nothing rebuilt, nothing rewritten
+    assert store.fingerprint("pairs/shard-00003.parquet")  # what the gates key their results on
+
+    # one shard loses an instruction: that shard is rebuilt; the split may move rows elsewhere
+    gone = tables[3].column("instruction_id")[0].as_py()
+    rows = [r for r in ROWS if r["instruction_id"] != gone]
+    store.write_table("scored/shard-00003.parquet", tables[3].filter(pc.field("instruction_id") != gone))
+    again = pairs_task.fn(spec)
+    assert len(build_calls) == 1
+    pairs, binarized, splits, dropped = _whole(rows, spec)
+    assert again["pairs"] == len(pairs) and again["binarize_dropped"] == dict(sorted(dropped.items()))
+    assert read_pairs(store).to_dict("records") == [p.model_dump() for p in pairs]
+    assert read_binarized_splits(store) == splits
+    changed = {path for path, stamp in _stamps(store).items() if stamps.get(path) != stamp}
+    assert "pairs/shard-00003.parquet" in changed and "pairs/shard-00004.parquet" not in changed
+
+
+def test_new_rules_rebuild_and_a_new_test_size_only_resplits(tmp_path: Path, build_calls: list[int]) -> None:
+    spec = _spec(tmp_path)
+    store = _store(spec)
+    write_scored_shards(store, ROWS, 20)
+    pairs_task.fn(spec)
+    build_calls.clear()
+
+    resized = _spec(tmp_path, test_size=0.3)
+    pairs_task.fn(resized)
+    assert build_calls == []
+    assert read_binarized_splits(store) == _whole(ROWS, resized)[2]
+
+    reseeded = _spec(tmp_path, test_size=0.3, seed=5)
+    pairs_task.fn(reseeded)
+    assert len(build_calls) == 8
+    assert read_binarized_splits(store) == _whole(ROWS, reseeded)[2]
+
+
+def test_a_shard_left_half_written_is_rebuilt(tmp_path: Path, build_calls: list[int]) -> None:
+    spec = _spec(tmp_path)
+    store = _store(spec)
+    write_scored_shards(store, ROWS, 20)
+    pairs_task.fn(spec)
+    build_calls.clear()
+    store.delete("binarized/test_prefs/shard-00002.parquet")  # a crash after the pairs file
+    pairs_task.fn(spec)
+    assert len(build_calls) == 1
+    assert read_binarized_splits(store) == _whole(ROWS, spec)[2]
+
+
+def test_a_recorded_scored_fingerprint_is_trusted(tmp_path: Path, build_calls: list[int]) -> None:
+    """Scored shards written by the score stage carry the fingerprint of their inputs; an unchanged
+    fingerprint means an unchanged shard, so the pairs stage reads footers, not the rows."""
+    spec = _spec(tmp_path)
+    store = _store(spec)
+    for shard, table in enumerate(shard_tables(ROWS, 40)):
+        store.write_shard(f"scored/shard-{shard:05d}.parquet", table, f"scored-{shard}")
+    pairs_task.fn(spec)
+    build_calls.clear()
+    pairs_task.fn(spec)
+    assert build_calls == []
+    table = store.read_table("scored/shard-00001.parquet")
+    store.write_shard("scored/shard-00001.parquet", table, "scored-1-recomputed")
+    pairs_task.fn(spec)
+    assert len(build_calls) == 1
 
 
 # --------------------------------------------------------------------------- the split from keys
