@@ -173,9 +173,7 @@ def _check_from_gx(item: Any) -> CheckResult:
     kwargs = config.kwargs
     error = _exception_message(item)
     if error is not None:
-        return CheckResult(
-            name=name, passed=False, expectation=config.type, detail=f"cannot evaluate: {error}"
-        )
+        return CheckResult(name=name, passed=False, expectation=config.type, detail=f"cannot evaluate: {error}")
     result = item.result or {}
     passed = bool(item.success)
     if config.type == "expect_table_columns_to_match_set":
@@ -185,9 +183,7 @@ def _check_from_gx(item: Any) -> CheckResult:
     return _rows_check(name, passed, config.type, kwargs, result, meta.get("fails") or "rows fail")
 
 
-def _columns_check(
-    name: str, passed: bool, kind: str, kwargs: dict[str, Any], result: dict[str, Any]
-) -> CheckResult:
+def _columns_check(name: str, passed: bool, kind: str, kwargs: dict[str, Any], result: dict[str, Any]) -> CheckResult:
     mismatched = (result.get("details") or {}).get("mismatched") or {}
     observed = {
         "missing": [c for c in mismatched.get("missing", []) if not c.startswith(DERIVED_PREFIX)],
@@ -209,9 +205,7 @@ def _columns_check(
     )
 
 
-def _count_check(
-    name: str, passed: bool, kind: str, kwargs: dict[str, Any], result: dict[str, Any]
-) -> CheckResult:
+def _count_check(name: str, passed: bool, kind: str, kwargs: dict[str, Any], result: dict[str, Any]) -> CheckResult:
     from expectations.summary import count_check
 
     observed = jsonable(result.get("observed_value"))

@@ -137,8 +137,8 @@ def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
 
 def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]) -> None:
     """Merge the units' results with the stage summary; record it; stop the run when it fails."""
+    from expectations.checks import suite_name
     from expectations.gate import enforce
-    from expectations.suites import suite_name
     from expectations.summary import merge
 
     checks = gate.summary(run) if gate.summary else []

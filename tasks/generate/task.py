@@ -46,7 +46,7 @@ def _gate_rows(run: Run, shard: int) -> Any:
 
 
 def _summary(run: Run) -> list[Any]:
-    from expectations.suites import GENERATED
+    from expectations.stages.generate import GENERATED
     from expectations.summary import count_check, rate_check
 
     done = run.log("completions").index()

@@ -65,7 +65,7 @@ def run_ingest(run: Run, shard: int) -> ShardReport:
 
 def _summary(run: Run) -> list[Any]:
     from expectations.models import GateContext
-    from expectations.suites import quarantine_check
+    from expectations.stages.ingest import quarantine_check
     from expectations.summary import count_check, unique_keys_check
 
     ids = run.column("instructions", "id")

@@ -13,9 +13,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from expectations.checks import suite_name
 from expectations.gate import GateContext, run_gate
 from expectations.models import STAGES
-from expectations.suites import CHAT_OK, chat_problem, suite_for, suite_name
+from expectations.stages.binarized import CHAT_OK, chat_problem
+from expectations.suites import suite_for
 from ultrafeedback.records import (
     ASPECTS,
     PRINCIPLES,
@@ -202,12 +204,8 @@ BUILDERS: dict[str, Callable[[], list[Any]]] = {
 }
 
 CONTEXTS: dict[str, GateContext] = {
-    "ingest": GateContext(
-        gates=Gates(min_instructions=5, max_quarantined=1), allowed_sources=SOURCES, quarantined=1
-    ),
-    "assign": GateContext(
-        k=K, expected_rows=N_INSTRUCTIONS * K, allowed_models=POOL, allowed_sources=SOURCES
-    ),
+    "ingest": GateContext(gates=Gates(min_instructions=5, max_quarantined=1), allowed_sources=SOURCES, quarantined=1),
+    "assign": GateContext(k=K, expected_rows=N_INSTRUCTIONS * K, allowed_models=POOL, allowed_sources=SOURCES),
     "generate": GateContext(
         gates=Gates(min_generation_success=0.9), expected_rows=N_INSTRUCTIONS * K, allowed_models=POOL
     ),
@@ -316,12 +314,8 @@ CASES: list[Case] = [
     Case("generate", "request_id not null", _set(2, request_id=None), 1),
     Case("generate", "request_id unique", _set(2, request_id="req0-0"), 2),
     Case("generate", "instruction_id not null", _set(2, instruction_id=None), 1),
-    Case(
-        "generate", "response not null", _set([1, 2, 3], response=None), 3, also=("generation success rate",)
-    ),
-    Case(
-        "generate", "response not empty", _set([1, 2, 3], response="  "), 3, also=("generation success rate",)
-    ),
+    Case("generate", "response not null", _set([1, 2, 3], response=None), 3, also=("generation success rate",)),
+    Case("generate", "response not empty", _set([1, 2, 3], response="  "), 3, also=("generation success rate",)),
     # 18 of 20 rows (row count ok), 1 of 18 empty (94% ok), but only 17 of 20 requests succeeded
     Case("generate", "generation success rate", lambda rows: _set(1, response="")(rows).head(18), 0.85),
     Case("generate", "model not null", _set(2, model=None), 1),
@@ -361,9 +355,7 @@ CASES: list[Case] = [
     Case(
         "annotate",
         "all aspects rated",
-        _edit(
-            {1: {"truthfulness_rating": None}, 2: {"helpfulness_rating": None}, 3: {"honesty_rating": None}}
-        ),
+        _edit({1: {"truthfulness_rating": None}, 2: {"helpfulness_rating": None}, 3: {"honesty_rating": None}}),
         3,
     ),
     Case("annotate", "overall_score present", _set([1, 2, 3], overall_score=None), 3),
@@ -394,10 +386,7 @@ CASES: list[Case] = [
     ),
     Case("aggregate", "mean_fine_grained in [1, 5]", _set(1, mean_fine_grained=5.5), 1),
     Case("aggregate", "mean_overall in [1, 10]", _set([1, 2], mean_overall=0.5), 2),
-    *[
-        Case("aggregate", f"mean_{aspect} in [1, 5]", _set(3, **{f"mean_{aspect}": 0.0}), 1)
-        for aspect in ASPECTS
-    ],
+    *[Case("aggregate", f"mean_{aspect} in [1, 5]", _set(3, **{f"mean_{aspect}": 0.0}), 1) for aspect in ASPECTS],
     # ---- pairs
     Case(
         "pairs",
@@ -479,9 +468,7 @@ def test_generate_tolerates_failures_within_the_success_rate() -> None:
 
 def test_quarantine_failure_names_the_quarantined_records() -> None:
     quarantined = Quarantined(source="flan", origin="flan.jsonl:7", reason="empty", detail="no text")
-    result = _gate(
-        "ingest", _frame(_ingest_rows()), quarantined=2, quarantine_examples=[quarantined.model_dump()]
-    )
+    result = _gate("ingest", _frame(_ingest_rows()), quarantined=2, quarantine_examples=[quarantined.model_dump()])
     assert "quarantined within limit: 2 input records quarantined (expected <= 1)" in result.summary()
     assert "e.g. flan.jsonl:7: empty" in result.summary()
 

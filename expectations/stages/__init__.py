@@ -1,0 +1,1 @@
+"""One module per stage gate: its suite, derived columns and pandas checks."""
