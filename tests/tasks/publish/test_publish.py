@@ -592,6 +592,43 @@ def test_s3_store_aggregate_and_release(s3_options: dict[str, Any], heuristic_ta
     assert sum(1 for _ in loaded) == release.manifest["counts"]["binarized"]["train_prefs"]
 
 
+def test_s3_store_pairs_stage_and_streamed_release(s3_options: dict[str, Any], tmp_path: Path) -> None:
+    """The sharded pairs stage and the streamed release on a real S3 server: files uploaded as
+    they are written, identical to the whole-table release; a rerun uploads nothing."""
+    import fsspec
+
+    from tasks.pairs.task import pairs_task, read_binarized_splits, read_pairs
+    from tasks.publish.publish import ShardedTables
+    from tests.tasks.pairs.scored_data import pairs_spec, scored_rows
+
+    s3_options = {k: s3_options[k] for k in ("key", "secret", "client_kwargs")}  # datasets adds an "hf" key
+    fs = fsspec.filesystem("s3", **s3_options)
+    fs.mkdir("uf-shards")
+    spec = pairs_spec("s3://uf-shards/lake", test_size=0.2)
+    spec = spec.model_copy(update={"execution": spec.execution.model_copy(update={"storage_options": s3_options})})
+    store = Store(spec.store, spec.name, s3_options)
+    rows = scored_rows(60, seed=2)
+    write_scored_shards(store, rows, instructions_per_shard=9)
+    info = pairs_task.fn(spec)
+    scored = pd.DataFrame(rows)
+    binarized = split_binarized(binarize(scored, "h4", 42, ["truthful_qa"]), 0.2, seed=42)
+    assert read_pairs(store).to_dict("records") == [p.model_dump() for p in build_pairs(scored)]
+    assert read_binarized_splits(store) == binarized and info["splits"]["test_prefs"] == len(binarized["test_prefs"])
+
+    release = publish_release(store, "unit", ShardedTables(None), {}, CARD_INFO, max_shard_rows=40)
+    assert release.uri == "s3://uf-shards/lake/unit/releases/v1"
+    whole = ReleaseTables(scored, build_pairs(scored), binarized)
+    local = publish_release(store, "unit", whole, {}, CARD_INFO, str(tmp_path / "local"), max_shard_rows=40)
+    for relpath, file in local.manifest["files"].items():
+        if relpath.endswith(".parquet"):
+            assert release.manifest["files"][relpath] == file
+            assert fs.cat_file(f"uf-shards/lake/unit/releases/v1/{relpath}") == (Path(local.uri) / relpath).read_bytes()
+    uploads = fs.find("uf-shards/lake/unit/releases")
+    assert pairs_task.fn(spec) == info
+    again = publish_release(store, "unit", ShardedTables(None), {}, CARD_INFO, max_shard_rows=40)
+    assert (again.version, again.created) == (1, False) and fs.find("uf-shards/lake/unit/releases") == uploads
+
+
 def pa_table(rows: list[dict[str, Any]], schema: Any) -> Any:
     import pyarrow as pa
 
