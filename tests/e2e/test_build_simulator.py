@@ -10,6 +10,7 @@ import yaml
 
 from infra.simulator.config import SimulatorConfig
 from infra.simulator.server import Simulator
+from infra.store import ResultLog
 from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
 
 pytestmark = pytest.mark.e2e
@@ -143,17 +144,34 @@ def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_
     uri = run_build(spec_path)
     assert uri.endswith("/e2e/releases/v1")
     check_release(uri)
-    for stage in ("completions", "annotations", "critiques"):
-        assert len(list((tmp_path / "store" / "e2e" / stage).glob("*.parquet"))) == 1
+    root = tmp_path / "store" / "e2e"
+    for stage in ("completions", "annotations", "critiques"):  # each shard's parts were compacted into one
+        labels = [ResultLog.label_of(p.name) for p in (root / stage).glob("*.parquet")]
+        assert sorted(labels) == ["s00000", "s00001", "s00002"]
     first = sim.stats()
     # 9 instructions x 4 completions, then 9 x 4 aspect calls and 36 critiques
     assert first["by_kind"] == {"generation": 36, "judge_aspect": 36, "critique": 36}
     assert first["with_auth"] == first["total"]
     assert_no_secret(tmp_path)
 
-    assert run_build(spec_path) == uri
+    written = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet") if "releases" not in p.parts}
+    gate_runs = []
+    import expectations.gate as gate_module
+
+    real_run_gate = gate_module.run_gate
+    gate_module.run_gate = lambda *a, **k: gate_runs.append(a[0]) or real_run_gate(*a, **k)
+    try:
+        assert run_build(spec_path) == uri
+    finally:
+        gate_module.run_gate = real_run_gate
     assert sim.stats()["total"] == first["total"], "a rerun of a finished build sent requests"
     assert releases(tmp_path) == ["v1"]
+    # a no-op rerun rewrites no shard file and no result part, and re-validates only the one
+    # whole-stage table it cannot fingerprint cheaply
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet") if "releases" not in p.parts}
+    changed = sorted(str(p.relative_to(root)) for p in set(after) | set(written) if after.get(p) != written.get(p))
+    assert changed == []
+    assert gate_runs == [], f"a no-op rerun re-ran gates {gate_runs}"
 
 
 def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, tmp_path, monkeypatch):
