@@ -6,24 +6,45 @@ from typing import Any
 
 from infra.store import rows_table
 from tasks.assign.assign import assign
-from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows, write_if_changed
+from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.records import CompletionRequest
+from ultrafeedback.spec import Spec
+
+
+def assign_config(spec: Spec) -> Any:
+    """Everything in the spec that shapes a request besides its instruction."""
+    from tasks.assign.assign import principle_prompts, prompt_format_versions
+
+    return [
+        spec.seed,
+        spec.completions_per_instruction,
+        [m.model_dump(mode="json", exclude={"price", "endpoint"}) for m in spec.models],
+        spec.sampling.canonical_json(),
+        principle_prompts(spec),
+        prompt_format_versions(spec),
+        {s.name: s.principles for s in spec.sources},
+    ]
 
 
 def run_assign(run: Run, shard: int) -> ShardReport:
     """Write ``requests/shard-NNNNN.parquet`` for the shard's instructions.
 
-    The requests are a pure function of the instructions and the spec, so they are computed on
-    every run (cheap: hashes) and written only when they changed; what was already generated is
-    found by request id, not by shard.
+    The requests are a pure function of the instructions and the spec: the file records the
+    fingerprint of both, and a shard whose file has the same one is skipped without reading its
+    instructions. What was already generated is found by request id, not by shard.
     """
     report = ShardReport(stage="assign", shard=shard)
+    path = OUTPUTS["requests"].shard_path(shard)
+    digest = fingerprint(
+        "requests", run.store.fingerprint(OUTPUTS["instructions"].shard_path(shard)), assign_config(run.spec), shard
+    )
+    if run.store.fingerprint(path) == digest:
+        report.skipped = True
+        return report
     instructions = list(run.instructions(shard).values())
     requests = assign(instructions, run.spec, {i.id: shard for i in instructions})
-    digest = fingerprint("requests", [(r.request_id, r.position, r.shard) for r in requests])
-    path = OUTPUTS["requests"].shard_path(shard)
-    report.skipped = not write_if_changed(run.store, path, rows_table(requests, CompletionRequest), digest)
+    run.store.write_shard(path, rows_table(requests, CompletionRequest), digest)
     report.succeeded = len(requests)
     return report
 
