@@ -1,27 +1,36 @@
-"""A per-endpoint rate limiter for requests and tokens per minute, shared by every thread.
+"""An endpoint's budgets, shared by every shard of the process: requests and tokens per minute,
+and requests on the wire at once.
 
-Shards run in several threads, each with its own asyncio loop, and an endpoint's rate budget
-belongs to the endpoint, not to a shard (DESIGN §5). So the limiter holds no asyncio objects: its
-state sits behind a ``threading.Lock`` and waiters sleep on their own loop.
+Shards run in several threads, but all of a process's API requests run on one asyncio loop, the
+I/O loop of ``infra.llm.loop``, and an endpoint's budget belongs to the endpoint, not to a shard
+(DESIGN §5): ``get_limiter`` and ``get_in_flight`` hand every backend of an endpoint name the
+same objects.
 
-It is a pair of continuously refilling token buckets (the scheme of the OpenAI cookbook's parallel
-processor), implemented by *reservation*: a caller takes its request and tokens at once, the
-bucket may go into debt, and the caller sleeps until the debt it joined is paid off. That makes
-waiting FIFO and O(1) (no thundering herd of pollers), and a request larger than the bucket still
-goes through at the configured rate instead of deadlocking. Buckets hold one second's worth (at
-least 1), so a fresh limiter does not fire a whole minute's budget in the first instant.
+``RateLimiter`` is a pair of continuously refilling token buckets (the scheme of the OpenAI
+cookbook's parallel processor), implemented by *reservation*: a caller takes its request and
+tokens at once, the bucket may go into debt, and the caller sleeps until the debt it joined is
+paid off. That makes waiting FIFO and O(1) (no thundering herd of pollers), and a request larger
+than the bucket still goes through at the configured rate instead of deadlocking. Buckets hold one
+second's worth (at least 1), so a fresh limiter does not fire a whole minute's budget in the first
+instant. Its state sits behind a small lock, so ``reserve``, ``penalize`` and ``configure`` (a
+shard thread applying a changed spec) may come from any thread; waiters sleep on their own loop.
 
-``InFlightLimit`` is the endpoint's other budget, requests on the wire at once, shared the same
-way: a counter behind a lock, and FIFO waiters that each sleep on a future of their own loop and
-are handed a freed slot directly (``call_soon_threadsafe`` for another thread's loop), no polling.
+``InFlightLimit`` is a FIFO semaphore confined to the loop its waiters sleep on (the I/O loop):
+a freed slot is handed straight to the oldest waiter, no polling, no lock.
+
+After a fork, the child's copies forget the slots the parent's I/O thread held (that thread does
+not exist in the child) and get fresh locks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from types import TracebackType
 
 __all__ = ["InFlightLimit", "RateLimiter", "get_in_flight", "get_limiter", "reset_limiters"]
@@ -70,6 +79,7 @@ class RateLimiter:
     def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
         self._lock = threading.Lock()
         self._paused_until = 0.0
+        _RATE_LIMITERS.add(self)
         self._requests: _Bucket | None = None
         self._tokens: _Bucket | None = None
         self.configure(requests_per_minute, tokens_per_minute)
@@ -145,41 +155,27 @@ class RateLimiter:
         )
 
 
-class _Waiter:
-    """One ``acquire`` waiting: its loop, the future it sleeps on, and whether a slot is its own."""
-
-    __slots__ = ("future", "granted", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[None] = loop.create_future()
-        self.granted = False
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    """Runs on the waiter's loop: wake it, unless it was cancelled meanwhile (it then gives back)."""
-    if not future.done():
-        future.set_result(None)
-
-
 class InFlightLimit:
-    """At most ``limit`` holders at once across every thread and event loop of the process.
+    """At most ``limit`` holders at once: an endpoint's budget of requests on the wire.
 
-    Use it as ``async with slots:`` from any loop (or ``await acquire()`` / ``release()``). A
-    released slot goes straight to the oldest waiter (FIFO, no barging: a newcomer queues while
-    anyone waits), woken on its own loop; waiters whose loop has closed are skipped. A waiter
-    cancelled before the hand-off leaves the queue; one cancelled after it (or whose coroutine is
-    discarded with its loop) passes the slot on, so none leaks and none is released twice.
+    Use it as ``async with slots:`` (or ``await acquire()`` / ``release()``) on the event loop
+    that runs the requests: the process's one I/O loop (``infra.llm.loop``), where every shard
+    thread's requests run, so one object bounds them all and needs no lock. A released slot goes
+    straight to the oldest waiter (FIFO, no barging: a newcomer queues while anyone waits). A
+    waiter cancelled before the hand-off leaves the queue; one cancelled after it (or whose
+    coroutine is closed with its loop) passes the slot on, so none leaks and none is released
+    twice. Waiters whose loop has closed are skipped.
 
-    The lock is re-entrant because a discarded waiter's clean-up may run from the garbage collector
-    while this thread is inside a locked section; every locked section leaves the state whole.
+    ``set_limit`` (and ``release``) may be called from another thread: the change is then applied
+    on the loop the waiters sleep on. Waiting on two running loops at once is refused.
     """
 
     def __init__(self, limit: int) -> None:
-        self._lock = threading.RLock()
         self._limit = _check_limit(limit)
         self._in_use = 0
-        self._waiters: OrderedDict[_Waiter, None] = OrderedDict()
+        self._waiters: OrderedDict[asyncio.Future[None], None] = OrderedDict()
+        self._loop: asyncio.AbstractEventLoop | None = None  # where it was last used
+        _IN_FLIGHT_LIMITS.add(self)
 
     @property
     def limit(self) -> int:
@@ -197,37 +193,38 @@ class InFlightLimit:
     def set_limit(self, limit: int) -> None:
         """Change the limit; a larger one wakes waiters at once, a smaller one takes effect as
         holders release (none is interrupted)."""
-        limit = _check_limit(limit)
-        with self._lock:
-            self._limit = limit
-            self._fill_locked()
+        self._limit = _check_limit(limit)
+        self._on_owner_loop(self._fill)
 
     async def acquire(self) -> None:
         """Wait for a slot of this limit, then hold it until ``release``."""
         loop = asyncio.get_running_loop()
-        with self._lock:
-            if self._in_use < self._limit and not self._waiters:
-                self._in_use += 1
-                return
-            waiter = _Waiter(loop)
-            self._waiters[waiter] = None
-            self._fill_locked()  # in case a clean-up freed a slot while we allocated
+        if self._in_use < self._limit and not self._waiters:
+            self._in_use += 1
+            self._loop = loop
+            return
+        if self._waiters and self._loop is not loop and self._loop is not None and self._loop.is_running():
+            raise RuntimeError(
+                f"{self!r} has waiters on another event loop: use it from one loop, the process's "
+                "I/O loop (infra.llm.loop)"
+            )
+        self._loop = loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters[waiter] = None
         try:
-            await waiter.future
+            await waiter
         except BaseException:  # cancelled, or the coroutine closed with its loop
-            with self._lock:
-                if waiter.granted:
-                    self._release_locked()  # the slot came with the wake-up: pass it on
-                else:
-                    self._waiters.pop(waiter, None)
+            if waiter.done() and not waiter.cancelled():
+                self._on_owner_loop(self._release)  # the slot came with the wake-up: pass it on
+            else:
+                self._waiters.pop(waiter, None)
             raise
 
     def release(self) -> None:
-        """Give a slot back (from any thread); the oldest live waiter gets it."""
-        with self._lock:
-            if self._in_use <= 0:
-                raise RuntimeError("InFlightLimit released more often than acquired")
-            self._release_locked()
+        """Give a slot back; the oldest live waiter gets it."""
+        if self._in_use <= 0:
+            raise RuntimeError("InFlightLimit released more often than acquired")
+        self._on_owner_loop(self._release)
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -240,46 +237,50 @@ class InFlightLimit:
     def __repr__(self) -> str:
         return f"InFlightLimit(limit={self._limit}, in_use={self._in_use}, waiting={len(self._waiters)})"
 
-    # ------------------------------------------------------------------ under the lock
-    def _release_locked(self) -> None:
-        if self._in_use > self._limit or not self._hand_off_locked():
+    # ------------------------------------------------------------------ on the owner loop
+    def _on_owner_loop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or on the loop this limit is used on when that runs in another thread."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and not loop.is_closed():
+            try:
+                running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                try:
+                    loop.call_soon_threadsafe(action)
+                    return
+                except RuntimeError:  # it closed just now: nobody else touches this limit
+                    pass
+        action()
+
+    def _release(self) -> None:
+        if self._in_use <= 0:
+            raise RuntimeError("InFlightLimit released more often than acquired")
+        if self._in_use > self._limit or not self._hand_off():
             self._in_use -= 1
 
-    def _fill_locked(self) -> None:
-        """Hand free slots to waiters (after the limit grew, or a slot freed while enqueueing)."""
+    def _fill(self) -> None:
+        """Hand free slots to waiters (after the limit grew)."""
         while self._waiters and self._in_use < self._limit:
             self._in_use += 1
-            if not self._hand_off_locked():
+            if not self._hand_off():
                 self._in_use -= 1
 
-    def _hand_off_locked(self) -> bool:
+    def _hand_off(self) -> bool:
         """Give the caller's slot to the oldest waiter that can still take it; False if none can."""
         while self._waiters:
             waiter, _ = self._waiters.popitem(last=False)
-            if self._wake(waiter):
-                waiter.granted = True
+            if not waiter.done() and not waiter.get_loop().is_closed():
+                waiter.set_result(None)
                 return True
         return False
 
-    @staticmethod
-    def _wake(waiter: _Waiter) -> bool:
-        loop = waiter.loop
-        if loop.is_closed():
-            return False
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:  # same loop: no need to go through its self-pipe
-            if waiter.future.done():  # cancelled; its task will find itself not granted
-                return False
-            waiter.future.set_result(None)
-            return True
-        try:
-            loop.call_soon_threadsafe(_resolve, waiter.future)
-        except RuntimeError:  # the loop closed just now
-            return False
-        return True
+    def _forget_holders(self) -> None:
+        """In a forked child: the holders and waiters were the parent's I/O thread's."""
+        self._in_use = 0
+        self._waiters.clear()
+        self._loop = None
 
 
 def _check_limit(limit: int) -> int:
@@ -288,6 +289,8 @@ def _check_limit(limit: int) -> int:
     return limit
 
 
+_RATE_LIMITERS: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
+_IN_FLIGHT_LIMITS: weakref.WeakSet[InFlightLimit] = weakref.WeakSet()
 _REGISTRY: dict[str, RateLimiter] = {}
 _IN_FLIGHT: dict[str, InFlightLimit] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -335,3 +338,15 @@ def reset_limiters() -> None:
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
         _IN_FLIGHT.clear()
+
+
+def _after_fork_in_child() -> None:
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.Lock()
+    for limiter in list(_RATE_LIMITERS):
+        limiter._lock = threading.Lock()
+    for slots in list(_IN_FLIGHT_LIMITS):
+        slots._forget_holders()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,11 +1,14 @@
 """The OpenAI-compatible HTTP backend: OpenAI, vLLM's ``vllm serve``, any proxy speaking that API.
 
-A shard calls ``run`` with its batch; the backend drives it on one asyncio loop with one aiohttp
-session, under the endpoint's shared budgets (across all shards of the process, DESIGN §5): its
-``InFlightLimit`` (requests on the wire) and its ``RateLimiter`` (requests and tokens per minute);
-and it retries with exponential backoff and full jitter that
-honour ``Retry-After``. A request that still fails is delivered as an ``LLMResult`` carrying the
-error and a short reason, never raised (the contract of ``infra.llm.base``).
+A shard calls ``run`` with its batch from its own thread. The requests run on the process's one
+I/O loop (``infra.llm.loop``, shared by every shard thread), over the one aiohttp session of the
+base URL (keep-alive connections reused across runs), under the endpoint's shared budgets
+(DESIGN §5): its ``InFlightLimit`` (requests on the wire) and its ``RateLimiter`` (requests and
+tokens per minute); and they are retried with exponential backoff and full jitter that honour
+``Retry-After``. Results come back to the calling thread through a queue, so ``on_result`` (a
+blocking store write) runs there and never stalls the loop. A request that still fails is
+delivered as an ``LLMResult`` carrying the error and a short reason, never raised (the contract
+of ``infra.llm.base``).
 
 We use aiohttp directly rather than the ``openai`` SDK: at 200 requests in flight the SDK in one
 loop measured ~37 requests/s on these machines against ~760/s for a bare asyncio client
@@ -19,6 +22,7 @@ import email.utils
 import json
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -26,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from infra.llm import loop as io_loop
 from infra.llm.base import LLMRequest, LLMResult, ResultCallback
 from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 
@@ -64,6 +69,40 @@ MAX_RETRY_AFTER_S = 900.0
 """A server asking for more than 15 minutes is more likely broken than busy."""
 
 _ERROR_SNIPPET = 300
+
+_POLL_S = 0.2
+"""How often a caller blocked in ``run`` wakes to notice an interrupt (results wake it at once)."""
+_CANCEL_WAIT_S = 30.0
+"""How long an interrupted ``run`` waits for its requests to stop before it raises anyway."""
+
+_DONE = object()
+"""Sent after a run's last result."""
+
+
+class _Outbox:
+    """Results on their way from the I/O loop to the thread that called ``run``.
+
+    The loop collects the results that finish in one of its iterations and sends them as one
+    batch: one wake-up of the caller per iteration, not one per result.
+    """
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[list[LLMResult] | object] = queue.SimpleQueue()
+        self._batch: list[LLMResult] = []
+
+    def add(self, result: LLMResult) -> None:  # on the loop
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._send)
+        self._batch.append(result)
+
+    def _send(self) -> None:  # on the loop
+        batch, self._batch = self._batch, []
+        if batch:
+            self.queue.put(batch)
+
+    def close(self) -> None:  # on the loop, once the run has finished
+        self._send()
+        self.queue.put(_DONE)
 
 
 class MissingAPIKeyError(RuntimeError):
@@ -180,11 +219,11 @@ class OpenAICompatBackend:
     """Async client for ``{base_url}/chat/completions`` and ``{base_url}/completions``.
 
     ``base_url`` includes the version prefix, as in the openai SDK (``https://api.openai.com/v1``).
-    ``run`` may be called from several threads at once; each call has its own loop and session,
-    and all share ``limiter`` and ``in_flight`` (set them from ``get_limiter`` and
-    ``get_in_flight`` so every backend of an endpoint shares one budget, as
-    ``backend_from_endpoint`` does). Without ``in_flight``, ``max_in_flight`` bounds each ``run``
-    on its own.
+    ``run`` may be called from several threads at once; every call's requests run on the
+    process's I/O loop over the base URL's one session, under ``limiter`` and ``in_flight`` (set
+    them from ``get_limiter`` and ``get_in_flight`` so every backend of an endpoint shares one
+    budget, as ``backend_from_endpoint`` does). Without ``in_flight``, ``max_in_flight`` bounds
+    this backend's runs together; without ``limiter``, a 429's pause holds for this backend's.
     """
 
     def __init__(
@@ -216,8 +255,10 @@ class OpenAICompatBackend:
         self.backoff_max_s = backoff_max_s
         self.limiter = limiter
         self.in_flight = in_flight
-        # without a shared limiter, a 429's pause still applies to this backend's other requests
+        # without shared budgets, this backend's own (for all of its runs together)
         self._own_limiter = RateLimiter(None, None)
+        self._own_slots = InFlightLimit(max_in_flight)
+        self._timeout: aiohttp.ClientTimeout | None = None
         self._stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
 
@@ -232,56 +273,104 @@ class OpenAICompatBackend:
     def run(self, requests: list[LLMRequest], on_result: ResultCallback) -> None:
         """Run every request; ``on_result`` is called once per request, in the calling thread.
 
-        An exception raised by ``on_result`` (a failed checkpoint write) cancels the rest and
-        propagates: the caller's store is then in doubt and it must not go on silently.
+        Blocks until every request is done. The requests run on the process's I/O loop; the
+        results are queued back to this thread as they finish. An exception raised by
+        ``on_result`` (a failed checkpoint write), or one that interrupts the wait (Ctrl-C, a
+        cancellation), cancels the rest of this run (its requests in flight are abandoned, no new
+        ones start; other runs go on) and propagates: the caller's store is then in doubt and it
+        must not go on silently. Works from any thread, also one running its own event loop (a
+        notebook), except the I/O loop's own (use ``arun`` there).
         """
-        if not requests:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(self.arun(requests, on_result))
-            return
-        # Called from inside a running loop (a notebook, an async task): asyncio.run cannot nest,
-        # so run on a helper thread and block until it ends, as a synchronous API promises.
-        error: list[BaseException] = []
-
-        def target() -> None:
-            try:
-                asyncio.run(self.arun(requests, on_result))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                error.append(exc)
-
-        thread = threading.Thread(target=target, name=f"{self.name}-run", daemon=True)
-        thread.start()
-        thread.join()
-        if error:
-            raise error[0]
-
-    async def arun(self, requests: Iterable[LLMRequest], on_result: ResultCallback) -> None:
-        """``run`` for callers that already own an event loop."""
-        import aiohttp
-
         requests = list(requests)
         if not requests:
             return
-        # the shared limit if there is one (it may have been resized since construction), else ours;
-        # the connector then never holds a request that already has its slot
-        slots: InFlightLimit | asyncio.Semaphore
-        if self.in_flight is not None:
-            slots, connections = self.in_flight, self.in_flight.limit
-        else:
-            slots, connections = asyncio.Semaphore(self.max_in_flight), self.max_in_flight
-        connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0)
-        headers = {"Content-Type": "application/json"}
-        if self._api_key is not None:
-            headers["Authorization"] = f"Bearer {self._api_key.get()}"
+        if io_loop.in_loop_thread():
+            raise RuntimeError("run() on the I/O loop would wait for itself: await arun() instead")
+        outbox = _Outbox()
+        job = io_loop.submit(self._drive(requests, outbox.add), on_done=outbox.close)
+        try:
+            while True:
+                try:
+                    batch = outbox.queue.get(timeout=_POLL_S)
+                except queue.Empty:
+                    if job.lost():
+                        break
+                    continue
+                if batch is _DONE:
+                    break
+                for result in batch:  # type: ignore[union-attr]
+                    on_result(result)
+        except BaseException:
+            job.cancel()
+            if not job.wait(_CANCEL_WAIT_S):
+                log.warning("%s: an interrupted run's requests did not stop within %.0f s", self.name, _CANCEL_WAIT_S)
+            raise
+        job.result()
+
+    async def arun(self, requests: Iterable[LLMRequest], on_result: ResultCallback) -> None:
+        """``run`` for callers that own an event loop: ``on_result`` is called on that loop.
+
+        The requests still run on the process's I/O loop, under the same shared budgets.
+        """
+        requests = list(requests)
+        if not requests:
+            return
+        if io_loop.in_loop_thread():
+            await self._drive(requests, on_result)
+            return
+        caller = asyncio.get_running_loop()
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+        def deliver(item: Any) -> None:
+            try:
+                caller.call_soon_threadsafe(inbox.put_nowait, item)
+            except RuntimeError:  # the caller's loop closed: nobody listens any more
+                pass
+
+        job = io_loop.submit(self._drive(requests, deliver), on_done=lambda: deliver(_DONE))
+        try:
+            while (item := await inbox.get()) is not _DONE:
+                on_result(item)
+        except BaseException:
+            job.cancel()
+            try:
+                async with asyncio.timeout(_CANCEL_WAIT_S):
+                    while await inbox.get() is not _DONE:
+                        pass
+            except TimeoutError:
+                log.warning("%s: an interrupted run's requests did not stop within %.0f s", self.name, _CANCEL_WAIT_S)
+            raise
+        job.result()
+
+    def stats(self) -> dict[str, int]:
+        """Counters over this backend's life: requests, attempts, failures (also by reason), tokens."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def close(self) -> None:
+        """Retire the base URL's shared session: it closes once the runs using it end, and a
+        later ``run`` opens a fresh one."""
+        io_loop.retire_session(self.base_url)
+
+    # ------------------------------------------------------------------ on the I/O loop
+    def _new_session(self) -> aiohttp.ClientSession:
+        """The base URL's session: one connector, unbounded (the in-flight budgets bound it), its
+        connections kept alive across runs. Keys go per request, so backends share it."""
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        return aiohttp.ClientSession(
+            connector=connector, headers={"Content-Type": "application/json"}, raise_for_status=False
+        )
+
+    async def _drive(self, requests: list[LLMRequest], deliver: ResultCallback) -> None:
+        """Run ``requests`` concurrently on the I/O loop, handing each result to ``deliver``."""
+        # the shared limit if there is one (it may have been resized since construction), else ours
+        slots = self.in_flight if self.in_flight is not None else self._own_slots
         limiter = self.limiter or self._own_limiter
-        async with aiohttp.ClientSession(
-            connector=connector, headers=headers, raise_for_status=False
-        ) as session:
+        async with io_loop.shared_session(self.base_url, self._new_session) as session:
             tasks = [
-                asyncio.ensure_future(self._one(session, slots, limiter, request, on_result))
+                asyncio.ensure_future(self._one(session, slots, limiter, request, deliver))
                 for request in requests
             ]
             try:
@@ -290,14 +379,6 @@ class OpenAICompatBackend:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-
-    def stats(self) -> dict[str, int]:
-        """Counters over this backend's life: requests, attempts, failures (also by reason), tokens."""
-        with self._stats_lock:
-            return dict(self._stats)
-
-    def close(self) -> None:
-        """Nothing to release: sessions live only for one ``run``."""
 
     # ------------------------------------------------------------------ one request
     def _count(self, **increments: int) -> None:
@@ -315,7 +396,7 @@ class OpenAICompatBackend:
     async def _one(
         self,
         session: aiohttp.ClientSession,
-        slots: InFlightLimit | asyncio.Semaphore,
+        slots: InFlightLimit,
         limiter: RateLimiter,
         request: LLMRequest,
         on_result: ResultCallback,
@@ -390,10 +471,12 @@ class OpenAICompatBackend:
     ) -> tuple[str, str, int, int]:
         import aiohttp
 
+        if self._timeout is None:
+            self._timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         try:
-            async with session.post(
-                url, data=payload, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-            ) as response:
+            # the key goes per request (backends with other keys share the session), never stored
+            headers = {"Authorization": f"Bearer {self._api_key.get()}"} if self._api_key is not None else None
+            async with session.post(url, data=payload, headers=headers, timeout=self._timeout) as response:
                 raw = await response.read()
                 status = response.status
                 retry_after_header = response.headers.get("Retry-After")

@@ -9,7 +9,9 @@ import uuid
 
 import pytest
 
+from infra.llm import loop as io_loop
 from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
+from tests.infra.llm.forking import fork_and_report
 
 
 def _offsets(limiter: RateLimiter, count: int, tokens: int = 0) -> list[float]:
@@ -190,34 +192,121 @@ def test_in_flight_limit_bounds_holders_and_hands_off_in_fifo_order():
     _assert_fully_available(slots)
 
 
-def test_threads_with_their_own_loops_share_one_in_flight_limit():
-    slots = InFlightLimit(3)
-    gauge = threading.Lock()
-    current = peak = done = 0
+def _from_threads(count: int, coro_for) -> None:
+    """Each of ``count`` threads submits ``coro_for(i)`` to the process's I/O loop and waits for it."""
 
-    def shard() -> None:
-        async def one() -> None:
-            nonlocal current, peak, done
-            async with slots:
-                with gauge:
-                    current += 1
-                    peak = max(peak, current)
-                await asyncio.sleep(0.002)
-                with gauge:
-                    current -= 1
-                    done += 1
+    def caller(i: int) -> None:
+        job = io_loop.submit(coro_for(i))
+        assert job.wait(20)
+        job.result()
 
-        async def run() -> None:
-            await asyncio.gather(*(one() for _ in range(40)))
-
-        asyncio.run(run())
-
-    threads = [threading.Thread(target=shard) for _ in range(4)]
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=20)
-    assert done == 160 and peak == 3  # four loops, one budget of three
+        thread.join(timeout=30)
+
+
+def test_threads_whose_work_runs_on_the_io_loop_share_one_in_flight_limit():
+    slots = InFlightLimit(3)
+    current = peak = done = 0
+
+    async def shard(_: int) -> None:
+        async def one() -> None:
+            nonlocal current, peak, done
+            async with slots:
+                current += 1
+                peak = max(peak, current)
+                await asyncio.sleep(0.002)
+                current -= 1
+                done += 1
+
+        await asyncio.gather(*(one() for _ in range(40)))
+
+    _from_threads(4, shard)
+    assert done == 160 and peak == 3  # four shard threads, one budget of three
+    _assert_fully_available(slots)
+
+
+def test_waiting_on_two_running_loops_at_once_is_refused():
+    slots = InFlightLimit(1)
+    queued = threading.Event()
+
+    async def hold_and_queue() -> None:
+        await slots.acquire()
+        waiter = asyncio.ensure_future(slots.acquire())
+        await _settle()
+        queued.set()
+        await asyncio.sleep(0.3)
+        slots.release()
+        await waiter
+        slots.release()
+
+    job = io_loop.submit(hold_and_queue())
+    assert queued.wait(5)
+
+    async def elsewhere() -> None:
+        await slots.acquire()
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(elsewhere())
+    assert job.wait(5)
+    job.result()
+    _assert_fully_available(slots)
+
+
+def test_raising_the_limit_from_another_thread_wakes_waiters_on_their_loop():
+    slots = InFlightLimit(1)
+    queued = threading.Event()
+
+    async def scenario() -> float:
+        await slots.acquire()
+        waiters = [asyncio.ensure_future(slots.acquire()) for _ in range(2)]
+        await _settle()
+        queued.set()
+        start = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*waiters), 2.0)
+        for _ in range(3):
+            slots.release()
+        return time.monotonic() - start
+
+    job = io_loop.submit(scenario())
+    assert queued.wait(5)
+    slots.set_limit(3)  # from this thread, while the waiters sleep on the I/O loop
+    assert job.wait(5) and job.result() < 1.0
+    _assert_fully_available(slots)
+
+
+def test_a_forked_child_forgets_the_slots_its_parent_held():
+    slots = InFlightLimit(2)
+    holding = threading.Event()
+    release = threading.Event()
+
+    async def hold() -> None:
+        async with slots, slots:
+            holding.set()
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+
+    job = io_loop.submit(hold())
+    assert holding.wait(5) and slots.in_use == 2
+
+    def child() -> dict:
+        before = (slots.in_use, slots.waiting)
+
+        async def use() -> int:
+            async with slots, slots:
+                return slots.in_use
+
+        inner = io_loop.submit(use())
+        return {"before": before, "finished": inner.wait(5), "held": inner.result()}
+
+    try:
+        answer = fork_and_report(child)
+    finally:
+        release.set()
+    assert answer == {"before": [0, 0], "finished": True, "held": 2}
+    assert job.wait(5)
     _assert_fully_available(slots)
 
 
@@ -308,39 +397,29 @@ def test_a_waiter_cancelled_after_a_cross_thread_hand_off_gives_the_slot_back():
     _assert_fully_available(slots)
 
 
-def test_cancelling_many_waiters_across_threads_leaks_nothing():
+def test_cancelling_many_waiters_of_several_threads_leaks_nothing():
     slots = InFlightLimit(4)
-    gauge = threading.Lock()
     current = peak = 0
 
-    def shard(seed: int) -> None:
+    async def shard(seed: int) -> None:
         async def one() -> None:
             nonlocal current, peak
             async with slots:
-                with gauge:
-                    current += 1
-                    peak = max(peak, current)
+                current += 1
+                peak = max(peak, current)
                 try:
                     await asyncio.sleep(0.001)  # some are cancelled here, holding a slot
                 finally:
-                    with gauge:
-                        current -= 1
+                    current -= 1
 
-        async def run() -> None:
-            tasks = [asyncio.ensure_future(one()) for _ in range(60)]
-            for i, task in enumerate(tasks):
-                if (i + seed) % 3 == 0:
-                    await asyncio.sleep(0)
-                    task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = [asyncio.ensure_future(one()) for _ in range(60)]
+        for i, task in enumerate(tasks):
+            if (i + seed) % 3 == 0:
+                await asyncio.sleep(0)
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-        asyncio.run(run())
-
-    threads = [threading.Thread(target=shard, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=20)
+    _from_threads(4, shard)
     assert 1 <= peak <= 4
     _assert_fully_available(slots)
 

@@ -1,9 +1,11 @@
 """The OpenAI-compatible backend against the project's simulator: success, each failure reason,
-retries, Retry-After, concurrency bounds, the shared limiter and key hygiene."""
+retries, Retry-After, concurrency bounds, the shared limiter, key hygiene, and runs from several
+threads on the process's one I/O loop (cancellation, sessions, fork, restart)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
@@ -13,6 +15,7 @@ from email.utils import formatdate
 
 import pytest
 
+from infra.llm import loop as io_loop
 from infra.llm.base import LLMRequest, LLMResult
 from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 from infra.llm.openai_compat import (
@@ -25,6 +28,7 @@ from infra.llm.openai_compat import (
 )
 from infra.simulator import Simulator, SimulatorConfig
 from infra.simulator.content import generation_reply
+from tests.infra.llm.forking import fork_and_report
 from ultrafeedback.spec import Endpoint
 
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9e"
@@ -416,3 +420,299 @@ def test_backend_from_endpoint_names_the_missing_block(monkeypatch):
 def test_an_endpoint_without_a_key_source_sends_no_key():
     b = backend_from_endpoint("local-vllm", Endpoint(base_url="http://127.0.0.1:9/v1"))
     assert "api_key=None" in repr(b)
+
+
+# ----------------------------------------------------------------------------- one loop for every shard thread
+def _in_threads(*targets) -> None:
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+
+@pytest.fixture
+def attempts(monkeypatch) -> list[tuple[float, str]]:
+    """(time.monotonic(), model) of every attempt the backends start, seen on the client side.
+
+    The server's counts lag behind: a request written just before a cancellation is counted when
+    the server gets to it, so "nothing was sent after" is judged here."""
+    started: list[tuple[float, str]] = []
+    original = OpenAICompatBackend._attempt
+
+    async def spy(self, session, url, payload, chat):
+        started.append((time.monotonic(), json.loads(payload)["model"]))
+        return await original(self, session, url, payload, chat)
+
+    monkeypatch.setattr(OpenAICompatBackend, "_attempt", spy)
+    return started
+
+
+def _sent(attempts: list[tuple[float, str]], model: str, before: float = float("inf")) -> int:
+    return sum(1 for at, name in attempts if name == model and at < before)
+
+
+def test_runs_from_several_threads_share_one_loop_and_on_result_runs_in_each_caller(monkeypatch):
+    attempts: list[tuple[asyncio.AbstractEventLoop, threading.Thread]] = []
+    original = OpenAICompatBackend._attempt
+
+    async def spy(self, *args):
+        attempts.append((asyncio.get_running_loop(), threading.current_thread()))
+        return await original(self, *args)
+
+    monkeypatch.setattr(OpenAICompatBackend, "_attempt", spy)
+    delivered: dict[int, set[int]] = {}
+    with Simulator(SimulatorConfig(latency_ms=20)) as sim:
+        shared = backend(sim.url)
+        other = backend(sim.url, name="other")
+
+        def shard(b: OpenAICompatBackend, offset: int) -> None:
+            threads: set[int] = set()
+            results = []
+
+            def on_result(result: LLMResult) -> None:
+                threads.add(threading.get_ident())
+                results.append(result)
+
+            b.run([chat_request(offset + i) for i in range(10)], on_result)
+            assert len(results) == 10 and all(r.ok for r in results)
+            delivered[threading.get_ident()] = threads
+
+        _in_threads(*(lambda b=b, t=t: shard(b, 100 * t) for t, b in enumerate((shared, shared, other, other))))
+    assert len(attempts) == 40
+    assert {id(loop) for loop, _ in attempts} == {id(io_loop.get_loop())}
+    assert len({thread for _, thread in attempts}) == 1
+    (loop_thread,) = {thread for _, thread in attempts}
+    assert len(delivered) == 4
+    for caller, threads in delivered.items():
+        assert threads == {caller} and caller != loop_thread.ident
+
+
+def test_the_endpoint_budgets_hold_across_shard_threads_and_backends():
+    name = f"ep-{uuid.uuid4().hex}"
+    endpoint = Endpoint(base_url="http://127.0.0.1:9/v1", max_in_flight=4, requests_per_minute=2400)
+    with Simulator(SimulatorConfig(latency_ms=30)) as sim:
+        endpoint = endpoint.model_copy(update={"base_url": sim.url})
+        backends = [backend_from_endpoint(name, endpoint) for _ in range(3)]
+        outcomes: list[bool] = []
+
+        def shard(b: OpenAICompatBackend, offset: int) -> None:
+            results = run(b, [chat_request(offset + i) for i in range(20)])
+            outcomes.extend(r.ok for r in results.values())
+
+        start = time.monotonic()
+        _in_threads(*(lambda b=b, t=t: shard(b, 100 * t) for t, b in enumerate(backends + backends)))
+        elapsed = time.monotonic() - start
+        stats = sim.stats()
+    assert outcomes == [True] * 120 and stats["total"] == 120
+    assert 3 <= stats["max_in_flight"] <= 4  # six shard threads, one budget of four on the wire
+    assert elapsed >= 1.9  # 120 requests, 80 beyond the burst of 40 at 40/s
+    slots = get_in_flight(name, 4)
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_a_raising_on_result_cancels_only_its_own_run(attempts):
+    slots = InFlightLimit(4)
+    with Simulator(SimulatorConfig(latency_ms=40)) as sim:
+        b = backend(sim.url, in_flight=slots)
+        outcome: dict[str, object] = {}
+
+        def failing() -> None:
+            def explode(result: LLMResult) -> None:
+                raise OSError("checkpoint write failed")
+
+            started = time.monotonic()
+            try:
+                b.run([chat_request(i, model="model-a") for i in range(200)], explode)
+            except OSError as exc:
+                outcome["error"] = exc
+            outcome["raised_at"] = time.monotonic()
+            outcome["failing_s"] = outcome["raised_at"] - started
+
+        def steady() -> None:
+            outcome["steady"] = run(b, [chat_request(100 + i, model="model-b") for i in range(40)])
+
+        _in_threads(failing, steady)
+        time.sleep(0.2)
+        stats = sim.stats()
+    assert isinstance(outcome["error"], OSError)
+    assert outcome["failing_s"] < 1.0  # it did not sit out the other 199 (>= 2 s at 4 in flight)
+    assert all(r.ok for r in outcome["steady"].values()) and len(outcome["steady"]) == 40
+    assert stats["by_model"]["model-b"] == 40
+    sent_a = _sent(attempts, "model-a")
+    assert sent_a == _sent(attempts, "model-a", before=outcome["raised_at"]) < 40  # none sent after it raised
+    assert stats["by_model"]["model-a"] <= sent_a
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_an_interrupt_while_run_waits_cancels_its_requests_and_others_go_on(attempts):
+    import _thread
+
+    slots = InFlightLimit(5)
+    with Simulator(SimulatorConfig(latency_ms=200)) as sim:
+        interrupted = backend(sim.url, in_flight=slots)
+        other = backend(sim.url, name="other", max_in_flight=5)
+        others: dict[str, LLMResult] = {}
+        worker = threading.Thread(
+            target=lambda: others.update(run(other, [chat_request(100 + i, model="model-b") for i in range(20)]))
+        )
+        worker.start()
+        timer = threading.Timer(0.3, _thread.interrupt_main)
+        got: list[LLMResult] = []
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            interrupted.run([chat_request(i, model="model-a") for i in range(50)], got.append)
+        raised_at = time.monotonic()
+        elapsed = raised_at - start
+        worker.join(timeout=30)
+        stats = sim.stats()
+    assert elapsed < 1.5  # 50 requests at 5 in flight would take 2 s
+    sent = _sent(attempts, "model-a")
+    assert sent == _sent(attempts, "model-a", before=raised_at) < 50  # nothing sent after the interrupt
+    assert stats["by_model"]["model-a"] <= sent and len(got) < sent
+    assert len(others) == 20 and all(r.ok for r in others.values())  # the loop served the other run on
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_the_base_urls_session_and_its_connections_are_reused_across_runs():
+    import psutil
+
+    def client_ports(port: int) -> set[int]:
+        return {
+            c.laddr.port
+            for c in psutil.Process().net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        }
+
+    with Simulator(SimulatorConfig(latency_ms=10)) as sim:
+        first, second = backend(sim.url, max_in_flight=3), backend(sim.url, name="other", max_in_flight=3)
+        assert all(r.ok for r in run(first, [chat_request(i) for i in range(12)]).values())
+        session = io_loop.open_sessions()[sim.url]
+        ports = client_ports(sim.port)
+        assert 1 <= len(ports) <= 3
+        assert all(r.ok for r in run(second, [chat_request(i) for i in range(12)]).values())
+        assert all(r.ok for r in run(first, [chat_request(i) for i in range(12)]).values())
+        assert io_loop.open_sessions()[sim.url] is session and not session.closed
+        assert client_ports(sim.port) == ports  # the same keep-alive connections, no new ones
+
+
+def test_backends_with_different_keys_share_the_session_and_send_their_own_key():
+    with Simulator(SimulatorConfig(api_key=SECRET)) as sim:
+        right, wrong = backend(sim.url, api_key=SECRET), backend(sim.url, api_key="sk-wrong", max_retries=0)
+        assert run_one(right).ok
+        assert run_one(wrong).reason == "http_401"
+        assert run_one(right).ok
+        assert sim.stats()["with_auth"] == 3
+        assert list(io_loop.open_sessions()).count(sim.url) == 1
+
+
+def test_close_retires_the_session_and_a_later_run_opens_a_fresh_one():
+    with Simulator(SimulatorConfig()) as sim:
+        b = backend(sim.url)
+        assert run_one(b).ok
+        session = io_loop.open_sessions()[sim.url]
+        b.close()
+        deadline = time.monotonic() + 5
+        while not session.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert session.closed
+        assert run_one(b).ok
+        assert io_loop.open_sessions()[sim.url] is not session
+
+
+def test_runs_go_on_after_the_loop_is_shut_down():
+    with Simulator(SimulatorConfig()) as sim:
+        b = backend(sim.url)
+        assert run_one(b).ok
+        before = io_loop.get_loop()
+        io_loop.shutdown()
+        assert before.is_closed()
+        assert run_one(b).ok
+        assert io_loop.get_loop() is not before
+
+
+def test_a_forked_child_runs_requests_though_the_parent_held_the_endpoints_slots():
+    slots = InFlightLimit(2)
+    with Simulator(SimulatorConfig(latency_ms=300)) as sim:
+        b = backend(sim.url, in_flight=slots)
+        parent: dict[str, LLMResult] = {}
+        worker = threading.Thread(target=lambda: parent.update(run(b, [chat_request(i) for i in range(4)])))
+        worker.start()
+        deadline = time.monotonic() + 5
+        while slots.in_use < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert slots.in_use == 2  # the parent's loop holds both of the endpoint's slots
+
+        def child() -> dict:
+            results = run(b, [chat_request(100 + i) for i in range(3)])
+            return {"ok": sorted(r.ok for r in results.values()), "loop_thread": threading.get_ident()}
+
+        answer = fork_and_report(child)
+        worker.join(timeout=30)
+    assert answer.get("error") is None, answer
+    assert answer["ok"] == [True, True, True]
+    assert len(parent) == 4 and all(r.ok for r in parent.values())
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_arun_delivers_on_the_callers_loop_while_the_requests_run_on_the_io_loop():
+    with Simulator(SimulatorConfig(latency_ms=10)) as sim:
+        b = backend(sim.url)
+        threads: set[int] = set()
+        results: list[LLMResult] = []
+
+        def on_result(result: LLMResult) -> None:
+            asyncio.get_running_loop()  # we are on the caller's loop
+            threads.add(threading.get_ident())
+            results.append(result)
+
+        async def caller() -> None:
+            await b.arun([chat_request(i) for i in range(8)], on_result)
+
+        asyncio.run(caller())
+    assert len(results) == 8 and all(r.ok for r in results)
+    assert threads == {threading.get_ident()}
+
+
+def test_cancelling_arun_cancels_its_requests(attempts):
+    slots = InFlightLimit(2)
+    with Simulator(SimulatorConfig(latency_ms=200)) as sim:
+        b = backend(sim.url, in_flight=slots)
+
+        async def caller() -> None:
+            task = asyncio.ensure_future(b.arun([chat_request(i) for i in range(20)], lambda r: None))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        start = time.monotonic()
+        asyncio.run(caller())
+        returned_at = time.monotonic()
+        time.sleep(0.3)
+    assert returned_at - start < 1.5  # 20 requests at 2 in flight would take 2 s
+    assert len(attempts) == _sent(attempts, "sim-model", before=returned_at) <= 2  # none after it
+    assert (slots.in_use, slots.waiting) == (0, 0)
+
+
+def test_run_on_the_io_loop_thread_is_refused_and_arun_works_there():
+    with Simulator(SimulatorConfig()) as sim:
+        b = backend(sim.url)
+
+        async def on_the_loop() -> tuple[str, int]:
+            try:
+                b.run([chat_request()], lambda r: None)
+            except RuntimeError as exc:
+                refused = str(exc)
+            else:
+                refused = ""
+            results: list[LLMResult] = []
+            await b.arun([chat_request(i) for i in range(3)], results.append)
+            return refused, sum(r.ok for r in results)
+
+        job = io_loop.submit(on_the_loop())
+        assert job.wait(10)
+        refused, ok = job.result()
+    assert "await arun()" in refused and ok == 3
