@@ -65,9 +65,9 @@ def main() -> int:
     import yaml
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.build import build
-    from infra.simulator.config import SimulatorConfig
-    from infra.simulator.server import Simulator
+    from ultrafeedback.flows.build import build
+    from ultrafeedback.infra.simulator.config import SimulatorConfig
+    from ultrafeedback.infra.simulator.server import Simulator
 
     folder = Path(tempfile.mkdtemp(prefix="uf-bench-"))
     write_inputs(folder, args.instructions)

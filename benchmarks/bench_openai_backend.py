@@ -38,22 +38,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from infra.llm.base import LLMRequest, LLMResult  # noqa: E402
-from infra.llm.limiter import InFlightLimit  # noqa: E402
-from infra.llm.openai_compat import OpenAICompatBackend, request_body  # noqa: E402
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult  # noqa: E402
+from ultrafeedback.infra.llm.limiter import InFlightLimit  # noqa: E402
+from ultrafeedback.infra.llm.openai_compat import OpenAICompatBackend, request_body  # noqa: E402
 
 
 @contextmanager
 def simulator(latency_ms: float, in_process: bool) -> Iterator[str]:
     """Yield the base URL of a running simulator, stopped on exit."""
     if in_process:
-        from infra.simulator import Simulator
+        from ultrafeedback.infra.simulator import Simulator
 
         with Simulator(latency_ms=latency_ms) as sim:
             yield sim.url
         return
     command = [
-        sys.executable, "-m", "infra.simulator.server",
+        sys.executable, "-m", "ultrafeedback.infra.simulator.server",
         "--host", "127.0.0.1", "--port", "0", "--latency-ms", str(latency_ms),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

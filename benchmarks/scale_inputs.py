@@ -174,9 +174,9 @@ def _project_prompts() -> Any:
     """
     sys.path.insert(0, str(ROOT))
     try:
-        from tasks.annotate.prompts import aspect_messages, critique_messages
-        from tasks.assign.principles import load_principles
-        from tasks.generate.prompt_formats import build_prompt
+        from ultrafeedback.tasks.annotate.prompts import aspect_messages, critique_messages
+        from ultrafeedback.tasks.assign.principles import load_principles
+        from ultrafeedback.tasks.generate.prompt_formats import build_prompt
     except Exception:  # noqa: BLE001 - any import problem means: use the fallback
         return None
     return aspect_messages, critique_messages, load_principles, build_prompt
@@ -185,7 +185,7 @@ def _project_prompts() -> Any:
 def _answer_text(instruction: str, slot: int) -> str:
     """A completion-like text (20-120 words) for the judge bodies, via the simulator's generator."""
     try:
-        from infra.simulator.content import generation_reply
+        from ultrafeedback.infra.simulator.content import generation_reply
 
         return generation_reply(instruction, "", 0, f"floor-{slot}", 1024)[0]
     except Exception:  # noqa: BLE001
@@ -262,7 +262,7 @@ def floor_bodies(spec: dict[str, Any], pool: int = 256) -> tuple[dict[str, list[
 def _check(fraction: float) -> int:
     """How many synthetic records the project's near-dedup would drop, per source (a self-test)."""
     sys.path.insert(0, str(ROOT))
-    from tasks.ingest.dedup import NearIndex
+    from ultrafeedback.tasks.ingest.dedup import NearIndex
 
     texts, owners = [], []
     for source in paper_sources():

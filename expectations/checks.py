@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from expectations.models import CheckResult, GateContext
+from ultrafeedback.expectations.models import CheckResult, GateContext
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation

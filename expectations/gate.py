@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from expectations.models import (
+from ultrafeedback.expectations.models import (
     STAGES,
     CheckResult,
     GateContext,
@@ -28,7 +28,7 @@ from expectations.models import (
     enforce,
     jsonable,
 )
-from expectations.suites import DERIVED_PREFIX, pandas_checks, prepare, suite_for
+from ultrafeedback.expectations.suites import DERIVED_PREFIX, pandas_checks, prepare, suite_for
 
 if TYPE_CHECKING:
     from great_expectations.data_context import AbstractDataContext
@@ -206,7 +206,7 @@ def _columns_check(name: str, passed: bool, kind: str, kwargs: dict[str, Any], r
 
 
 def _count_check(name: str, passed: bool, kind: str, kwargs: dict[str, Any], result: dict[str, Any]) -> CheckResult:
-    from expectations.summary import count_check
+    from ultrafeedback.expectations.summary import count_check
 
     observed = jsonable(result.get("observed_value"))
     check = count_check(name, observed, kwargs.get("min_value"), kwargs.get("max_value"))

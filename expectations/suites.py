@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from expectations.checks import DERIVED_PREFIX, Suite, suite_name
-from expectations.models import STAGES, CheckResult, GateContext
-from expectations.stages import aggregate, annotate, assign, binarized, generate, ingest, pairs
+from ultrafeedback.expectations.checks import DERIVED_PREFIX, Suite, suite_name
+from ultrafeedback.expectations.models import STAGES, CheckResult, GateContext
+from ultrafeedback.expectations.stages import aggregate, annotate, assign, binarized, generate, ingest, pairs
 
 if TYPE_CHECKING:
     import great_expectations as gx

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from expectations.models import CheckResult, GateResult, bounds_text
+from ultrafeedback.expectations.models import CheckResult, GateResult, bounds_text
 
 MAX_EXAMPLES = 3
 _PHRASE = re.compile(r"^\d+ of \d+ (.+?) \(")

@@ -24,12 +24,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra.progress import stage_bar
-from infra.store import Store
-from tasks.common import store_for
-from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
+from ultrafeedback.infra.progress import stage_bar
+from ultrafeedback.infra.store import Store
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.spec import Spec, load_spec, validate_dict
+from ultrafeedback.tasks.common import store_for
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
 
 MAX_PARALLEL_SHARDS = 64
 
@@ -71,7 +71,7 @@ class BuildSummary:
 
     def cost(self, spec: Spec) -> dict[str, float]:
         prices = {m.id: m.price for m in spec.models}
-        from tasks.annotate.jobs import judge_model_id
+        from ultrafeedback.tasks.annotate.jobs import judge_model_id
 
         prices[judge_model_id(spec)] = spec.judge.price
         out = {}
@@ -117,7 +117,7 @@ def _unit_name(unit: Any) -> str:
 def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
     """Run a gate's suite on one unit (a shard) and keep the result in ``gates/{suite}/``; an
     unchanged unit under an unchanged context reuses the kept result without reading its rows."""
-    from expectations.gate import GateContext, GateResult, run_gate
+    from ultrafeedback.expectations.gate import GateContext, GateResult, run_gate
 
     got = gate.rows(run, unit)
     if got is None:
@@ -137,9 +137,9 @@ def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
 
 def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]) -> None:
     """Merge the units' results with the stage summary; record it; stop the run when it fails."""
-    from expectations.checks import suite_name
-    from expectations.gate import enforce
-    from expectations.summary import merge
+    from ultrafeedback.expectations.checks import suite_name
+    from ultrafeedback.expectations.gate import enforce
+    from ultrafeedback.expectations.summary import merge
 
     checks = gate.summary(run) if gate.summary else []
     result = merge(gate.suite, suite_name(gate.suite), [r for r in results if r is not None], checks)
@@ -194,7 +194,7 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
     the first crash is raised. Returns stage -> suite -> the shards' gate results."""
     from prefect.futures import as_completed
 
-    from expectations.gate import GateResult
+    from ultrafeedback.expectations.gate import GateResult
 
     queue = run.shards()
     running: dict[Any, tuple[int, int]] = {}
@@ -243,8 +243,8 @@ def run_build(spec: Spec) -> str:
     The summary (counts, failures by reason, tokens, time per stage) is reported whether the run
     publishes or stops: a stopped run is the one whose summary matters most.
     """
-    from infra.llm.factory import check_backends
-    from tasks.assign.assign import prompt_format_versions
+    from ultrafeedback.infra.llm.factory import check_backends
+    from ultrafeedback.tasks.assign.assign import prompt_format_versions
 
     prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     check_backends(spec)  # a missing API key too

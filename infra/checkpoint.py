@@ -12,7 +12,7 @@ from collections import Counter
 
 from pydantic import BaseModel
 
-from infra.store import ResultLog, Store
+from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Failure
 
 

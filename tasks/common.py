@@ -6,7 +6,7 @@ import logging
 
 import pandas as pd
 
-from infra.store import Store
+from ultrafeedback.infra.store import Store
 from ultrafeedback.records import CompletionRequest, ScoredCompletion
 from ultrafeedback.spec import Spec
 

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from infra.store import ResultLog, Store, rows_table
+from ultrafeedback.infra.store import ResultLog, Store, rows_table
 from ultrafeedback.keys import content_key
 from ultrafeedback.outputs import OUTPUTS, output
 from ultrafeedback.records import CompletionRequest, Instruction
@@ -59,7 +59,7 @@ class Run:
         with cls._LOCK:
             run = cls._RUNS.get(run_id)
             if run is None:
-                from tasks.common import store_for
+                from ultrafeedback.tasks.common import store_for
 
                 run = cls._RUNS[run_id] = Run(spec, store_for(spec), run_id)
             return run
@@ -67,7 +67,7 @@ class Run:
     @classmethod
     def start(cls, spec: Spec, run_id: str, stage_list: list[Stage] | None = None) -> Run:
         """A new run registered under its id (what the flow starts with)."""
-        from tasks.common import store_for
+        from ultrafeedback.tasks.common import store_for
 
         run = Run(spec, store_for(spec), run_id, stage_list)
         with cls._LOCK:
@@ -297,13 +297,13 @@ def timed(stage: str, shard: int, body: Callable[[ShardReport], None]) -> ShardR
 
 def stages() -> list[Stage]:
     """Every stage in pipeline order (built on demand: the stage modules import heavy parts)."""
-    from tasks.aggregate.task import AGGREGATE
-    from tasks.annotate.task import ANNOTATE
-    from tasks.assign.task import ASSIGN
-    from tasks.generate.task import GENERATE
-    from tasks.ingest.task import INGEST
-    from tasks.pairs.stage import PAIRS
-    from tasks.publish.stage import PUBLISH
-    from tasks.score.task import SCORE
+    from ultrafeedback.tasks.aggregate.task import AGGREGATE
+    from ultrafeedback.tasks.annotate.task import ANNOTATE
+    from ultrafeedback.tasks.assign.task import ASSIGN
+    from ultrafeedback.tasks.generate.task import GENERATE
+    from ultrafeedback.tasks.ingest.task import INGEST
+    from ultrafeedback.tasks.pairs.stage import PAIRS
+    from ultrafeedback.tasks.publish.stage import PUBLISH
+    from ultrafeedback.tasks.score.task import SCORE
 
     return [INGEST, ASSIGN, GENERATE, ANNOTATE, SCORE, AGGREGATE, PAIRS, PUBLISH]

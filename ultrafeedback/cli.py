@@ -17,8 +17,13 @@ from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_SPEC = REPO_ROOT / "deployments" / "specs" / "demo.yaml"
+
+
+def demo_spec() -> Path:
+    """The packaged demo spec (its sources sit beside it, in the same package data)."""
+    from importlib.resources import files
+
+    return Path(str(files("ultrafeedback.deployments") / "specs" / "demo.yaml"))
 
 
 def _quiet_environment(verbose: bool) -> None:
@@ -91,7 +96,7 @@ def _run_build(spec_path: str, overrides: list[str]) -> int:
     from ultrafeedback.spec import load_spec
 
     load_spec(spec_path, overrides)  # fail fast, before Prefect starts
-    from flows.build import build
+    from ultrafeedback.flows.build import build
 
     uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
     sys.stderr.flush()
@@ -102,7 +107,7 @@ def _run_build(spec_path: str, overrides: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":  # the simulator parses its own options (and --help)
-        from infra.simulator.server import main as simulate
+        from ultrafeedback.infra.simulator.server import main as simulate
 
         return simulate(argv[1:])
     parser = build_parser()
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             from ultrafeedback.spec import load_spec
 
             spec = load_spec(args.spec, args.overrides)
-            from tasks.assign.assign import prompt_format_versions
+            from ultrafeedback.tasks.assign.assign import prompt_format_versions
 
             prompt_format_versions(spec)
             print(
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             from ultrafeedback.status import print_status
 
             print_status(args.spec, args.overrides, 20)
-        spec_path = str(DEMO_SPEC) if args.command == "demo" else args.spec
+        spec_path = str(demo_spec()) if args.command == "demo" else args.spec
         return _run_build(spec_path, args.overrides)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -145,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report_failure(exc: Exception) -> int:
-    from expectations.gate import GateFailed
-    from infra.llm.openai_compat import MissingAPIKeyError
-    from tasks.ingest.loaders import IngestError
+    from ultrafeedback.expectations.gate import GateFailed
+    from ultrafeedback.infra.llm.openai_compat import MissingAPIKeyError
+    from ultrafeedback.tasks.ingest.loaders import IngestError
 
     if isinstance(exc, GateFailed):
         print(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from infra.store import Store
+from ultrafeedback.infra.store import Store
 from ultrafeedback.outputs import FAILED_OUTPUTS, OUTPUTS
 from ultrafeedback.spec import load_spec
 
@@ -31,12 +31,12 @@ def collect_status(store: Store) -> dict[str, Any]:
     failures["completions"] = [f for f in failures["completions"] if f["key"] in current]
     quarantine = store.log("quarantine").rows()
     dropped = store.log("dropped").rows()
-    from expectations.models import STAGES as GATE_ORDER
+    from ultrafeedback.expectations.models import STAGES as GATE_ORDER
 
     stored = {name.removesuffix(".json") for name in store.ls("gates") if name.endswith(".json")}
     order = [stage for stage in GATE_ORDER if stage in stored] + sorted(stored - set(GATE_ORDER))
     gates = {stage: store.read_json(f"gates/{stage}.json") for stage in order}
-    from tasks.publish.publish import list_releases
+    from ultrafeedback.tasks.publish.publish import list_releases
 
     return {
         "last_run": store.read_json("runs/last.json"),

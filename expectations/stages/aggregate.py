@@ -6,8 +6,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from expectations.checks import Suite, between, columns_match, in_pool, missing_columns, not_null, require, unique
-from expectations.models import CheckResult, GateContext
+from ultrafeedback.expectations.checks import (
+    Suite,
+    between,
+    columns_match,
+    in_pool,
+    missing_columns,
+    not_null,
+    require,
+    unique,
+)
+from ultrafeedback.expectations.models import CheckResult, GateContext
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation

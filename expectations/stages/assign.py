@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from expectations.checks import (
+from ultrafeedback.expectations.checks import (
     Suite,
     between,
     columns_match,
@@ -21,7 +21,7 @@ from expectations.checks import (
     row_count,
     unique,
 )
-from expectations.models import CheckResult, GateContext
+from ultrafeedback.expectations.models import CheckResult, GateContext
 from ultrafeedback.records import CompletionRequest
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from expectations.checks import (
+from ultrafeedback.expectations.checks import (
     DERIVED_PREFIX,
     Suite,
     columns_match,
@@ -17,7 +17,7 @@ from expectations.checks import (
     not_null,
     row_count,
 )
-from expectations.models import GateContext
+from ultrafeedback.expectations.models import GateContext
 
 if TYPE_CHECKING:
     from great_expectations.expectations import Expectation

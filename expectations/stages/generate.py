@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from expectations.checks import (
+from ultrafeedback.expectations.checks import (
     Suite,
     columns_match,
     fields_of,
@@ -18,8 +18,8 @@ from expectations.checks import (
     row_count,
     unique,
 )
-from expectations.models import CheckResult, GateContext
-from expectations.summary import rate_check
+from ultrafeedback.expectations.models import CheckResult, GateContext
+from ultrafeedback.expectations.summary import rate_check
 from ultrafeedback.records import Completion
 
 if TYPE_CHECKING:

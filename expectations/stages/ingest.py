@@ -6,8 +6,17 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from expectations.checks import Suite, columns_match, fields_of, in_sources, non_empty, not_null, row_count, unique
-from expectations.models import CheckResult, GateContext
+from ultrafeedback.expectations.checks import (
+    Suite,
+    columns_match,
+    fields_of,
+    in_sources,
+    non_empty,
+    not_null,
+    row_count,
+    unique,
+)
+from ultrafeedback.expectations.models import CheckResult, GateContext
 from ultrafeedback.records import Instruction
 
 if TYPE_CHECKING:

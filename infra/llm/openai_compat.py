@@ -30,9 +30,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from infra.llm import loop as io_loop
-from infra.llm.base import LLMRequest, LLMResult, ResultCallback
-from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
+from ultrafeedback.infra.llm import loop as io_loop
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
+from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 
 if TYPE_CHECKING:
     import aiohttp

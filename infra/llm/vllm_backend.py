@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from infra.llm.base import LLMRequest, LLMResult, ResultCallback
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
 
 _SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty", "seed")
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.config import SimulatorConfig
 
 if TYPE_CHECKING:
-    from infra.simulator.server import Simulator, main, serve_forever
+    from ultrafeedback.infra.simulator.server import Simulator, main, serve_forever
 
 __all__ = ["Simulator", "SimulatorConfig", "main", "serve_forever"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("Simulator", "main", "serve_forever"):
-        from infra.simulator import server
+        from ultrafeedback.infra.simulator import server
 
         return getattr(server, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,8 +16,8 @@ import random
 import re
 from typing import Literal
 
-from infra.llm import judge_format
-from infra.llm.judge_format import aspect_block, aspect_reply
+from ultrafeedback.infra.llm import judge_format
+from ultrafeedback.infra.llm.judge_format import aspect_block, aspect_reply
 
 Kind = Literal["generation", "judge_aspect", "critique"]
 

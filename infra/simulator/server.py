@@ -38,8 +38,8 @@ from typing import Any
 
 from aiohttp import web
 
-from infra.simulator import content
-from infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator import content
+from ultrafeedback.infra.simulator.config import SimulatorConfig
 
 __all__ = ["Simulator", "SimulatorConfig", "build_app", "main", "serve_forever"]
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.pairs.pairs import SCORE_COLUMNS, TIE_DECIMALS
 from ultrafeedback.records import ASPECTS
+from ultrafeedback.tasks.pairs.pairs import SCORE_COLUMNS, TIE_DECIMALS
 
 TOKENIZER = "regex-wordpunct"
 """The name recorded with every token statistic."""

@@ -7,12 +7,12 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.dask_cluster import dask_client
-from tasks.aggregate.aggregate import aggregate
-from tasks.common import SCORED, run_logger, store_for
-from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
+from ultrafeedback.infra.dask_cluster import dask_client
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.aggregate.aggregate import aggregate
+from ultrafeedback.tasks.common import SCORED, run_logger, store_for
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
 
 AGGREGATE_JSON = "aggregate/aggregate.json"
 AGGREGATE_FINGERPRINT = "aggregate/inputs.json"

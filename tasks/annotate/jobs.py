@@ -23,7 +23,7 @@ CRITIQUES = "critiques"
 def judge_model_id(spec: Spec) -> str:
     """The judge id recorded in keys and data; the heuristic's id carries its rule version."""
     if spec.judge.backend == "heuristic":
-        from infra.llm.heuristic import HEURISTIC_JUDGE_ID
+        from ultrafeedback.infra.llm.heuristic import HEURISTIC_JUDGE_ID
 
         return HEURISTIC_JUDGE_ID
     assert spec.judge.model is not None  # validated by the spec
@@ -67,7 +67,7 @@ def aspect_keys(
     spec: Spec, instruction_id: str, available: list[CompletionRequest]
 ) -> dict[str, tuple[str, list[str]]]:
     """aspect -> (annotation key, completion ids in the order shown to the judge)."""
-    from tasks.annotate.prompts import TEMPLATE_VERSION, shuffle_order
+    from ultrafeedback.tasks.annotate.prompts import TEMPLATE_VERSION, shuffle_order
 
     judge = judge_model_id(spec)
     sampling = spec.judge.sampling.canonical_json()
@@ -83,7 +83,7 @@ def aspect_keys(
 
 
 def critique_key_for(spec: Spec, completion_id: str) -> str:
-    from tasks.annotate.prompts import CRITIQUE_TEMPLATE_VERSION
+    from ultrafeedback.tasks.annotate.prompts import CRITIQUE_TEMPLATE_VERSION
 
     return critique_key(
         completion_id,
@@ -128,7 +128,7 @@ def plan_shard_jobs(
     the instructions and the response texts are loaded (``load_*``) only when something is
     pending, and only the texts the pending calls show.
     """
-    from tasks.annotate.prompts import world_knowledge
+    from ultrafeedback.tasks.annotate.prompts import world_knowledge
 
     aspect_units: list[tuple[str, str, str, list[str]]] = []
     critique_units: list[tuple[str, CompletionRequest]] = []

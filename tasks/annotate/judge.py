@@ -12,18 +12,18 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from infra.checkpoint import Checkpointer, failure_log
-from infra.llm.base import LLMRequest, LLMResult
-from infra.store import ResultLog, Store
-from tasks.annotate.jobs import ANNOTATIONS, CRITIQUES, AspectJob, CritiqueJob, judge_kind, judge_model_id
-from tasks.generate.generate import failure_from, shard_label
-from tasks.stages import ShardReport
+from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import (
     AspectAnnotation,
     Critique,
     Failure,
 )
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.annotate.jobs import ANNOTATIONS, CRITIQUES, AspectJob, CritiqueJob, judge_kind, judge_model_id
+from ultrafeedback.tasks.generate.generate import failure_from, shard_label
+from ultrafeedback.tasks.stages import ShardReport
 
 
 def _aspect_row(spec: Spec, job: AspectJob, raw: str, tokens: tuple[int, int]) -> AspectAnnotation:
@@ -68,7 +68,7 @@ def annotate_shard(
 
     ``logs`` are the run's shared result and failure logs by name (``annotations``,
     ``failures/annotations``, ``critiques``, ``failures/critiques``); by default the store's."""
-    from tasks.annotate.parse import parse_aspect, parse_critique
+    from ultrafeedback.tasks.annotate.parse import parse_aspect, parse_critique
 
     started = time.monotonic()
     report = ShardReport(stage=ANNOTATIONS, shard=shard)
@@ -120,7 +120,7 @@ def annotate_shard(
 
 
 def _run_heuristic(jobs, parse, accept, reject, shard: int) -> None:  # noqa: ANN001
-    from infra.llm import heuristic
+    from ultrafeedback.infra.llm import heuristic
 
     for job in jobs:
         if isinstance(job, AspectJob):
@@ -148,7 +148,7 @@ def _parse_failure(job: AspectJob | CritiqueJob, shard: int, parsed: Any, raw: s
 
 
 def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
-    from tasks.annotate.prompts import aspect_messages, critique_messages
+    from ultrafeedback.tasks.annotate.prompts import aspect_messages, critique_messages
 
     if isinstance(job, AspectJob):
         messages = aspect_messages(job.aspect, job.instruction.instruction, job.texts, job.world_knowledge)
@@ -167,7 +167,7 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
 
 
 def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport) -> None:  # noqa: ANN001
-    from infra.llm.factory import judge_backend
+    from ultrafeedback.infra.llm.factory import judge_backend
 
     backend = judge_backend(spec)
     pending = {job.key: job for job in jobs}

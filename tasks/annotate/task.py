@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from infra.progress import progress_callback
-from tasks.annotate.jobs import ANNOTATIONS, CRITIQUES, plan_shard_jobs
-from tasks.annotate.judge import annotate_shard
-from tasks.generate.generate import shard_label
-from tasks.stages import Run, ShardReport, Stage
+from ultrafeedback.infra.progress import progress_callback
+from ultrafeedback.tasks.annotate.jobs import ANNOTATIONS, CRITIQUES, plan_shard_jobs
+from ultrafeedback.tasks.annotate.judge import annotate_shard
+from ultrafeedback.tasks.generate.generate import shard_label
+from ultrafeedback.tasks.stages import Run, ShardReport, Stage
 
 LOGS = (ANNOTATIONS, f"failures/{ANNOTATIONS}", CRITIQUES, f"failures/{CRITIQUES}")
 

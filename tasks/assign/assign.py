@@ -20,14 +20,14 @@ def principle_prompts(spec: Spec) -> dict[str, list[str]]:
     """The spec's own principle prompts, or the packaged set."""
     if spec.principles is not None:
         return spec.principles
-    from tasks.assign.principles import load_principles
+    from ultrafeedback.tasks.assign.principles import load_principles
 
     return load_principles()
 
 
 def prompt_format_versions(spec: Spec) -> dict[str, str]:
     """Format name -> version for the formats the pool uses; unknown names are spec errors."""
-    from tasks.generate.prompt_formats import FORMATS
+    from ultrafeedback.tasks.generate.prompt_formats import FORMATS
 
     versions = {}
     for index, entry in enumerate(spec.models):

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.store import rows_table
-from tasks.assign.assign import assign
-from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
+from ultrafeedback.infra.store import rows_table
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.records import CompletionRequest
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.assign.assign import assign
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
 
 
 def assign_config(spec: Spec) -> Any:
     """Everything in the spec that shapes a request besides its instruction."""
-    from tasks.assign.assign import principle_prompts, prompt_format_versions
+    from ultrafeedback.tasks.assign.assign import principle_prompts, prompt_format_versions
 
     return [
         spec.seed,
@@ -50,7 +50,7 @@ def run_assign(run: Run, shard: int) -> ShardReport:
 
 
 def _summary(run: Run) -> list[Any]:
-    from expectations.summary import count_check, unique_keys_check
+    from ultrafeedback.expectations.summary import count_check, unique_keys_check
 
     ids = run.column("requests", "request_id")
     instructions = sum(run.store.num_rows(OUTPUTS["instructions"].shard_path(s)) for s in run.shards())

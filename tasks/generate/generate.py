@@ -8,19 +8,19 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from infra.checkpoint import Checkpointer, failure_log
-from infra.llm.base import LLMRequest, LLMResult
-from infra.store import ResultLog, Store
-from tasks.stages import ShardReport
+from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.stages import ShardReport
 
 STAGE = "completions"
 
 
 def to_llm_request(request: CompletionRequest, instruction: Instruction, served_model: str) -> LLMRequest:
     """The backend call for one completion request, in the model's prompt format."""
-    from tasks.generate.prompt_formats import build_prompt
+    from ultrafeedback.tasks.generate.prompt_formats import build_prompt
 
     built = build_prompt(request.prompt_format, instruction.instruction, request.system_prompt)
     sampling = json.loads(request.sampling_json)
@@ -66,7 +66,7 @@ def generate_shard(
 
     ``results``/``failures`` are the run's shared logs (their key indexes stay current); by
     default the store's."""
-    from infra.llm.factory import model_backend
+    from ultrafeedback.infra.llm.factory import model_backend
 
     started = time.monotonic()
     report = ShardReport(stage=STAGE, shard=shard)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from infra.progress import progress_callback
-from tasks.generate.generate import STAGE, generate_shard, shard_label
-from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
+from ultrafeedback.infra.progress import progress_callback
+from ultrafeedback.tasks.generate.generate import STAGE, generate_shard, shard_label
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
 
 
 def run_generate(run: Run, shard: int) -> ShardReport:
@@ -46,8 +46,8 @@ def _gate_rows(run: Run, shard: int) -> Any:
 
 
 def _summary(run: Run) -> list[Any]:
-    from expectations.stages.generate import GENERATED
-    from expectations.summary import count_check, rate_check
+    from ultrafeedback.expectations.stages.generate import GENERATED
+    from ultrafeedback.expectations.summary import count_check, rate_check
 
     done = run.log("completions").index()
     total = good = 0

@@ -39,8 +39,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.ingest.dedup import THRESHOLD, NearIndex
-from tasks.ingest.loaders import (
+from ultrafeedback.keys import instruction_id, normalise_text, seeded_int
+from ultrafeedback.records import Instruction, Quarantined
+from ultrafeedback.spec import Source, Spec
+from ultrafeedback.tasks.ingest.dedup import THRESHOLD, NearIndex
+from ultrafeedback.tasks.ingest.loaders import (
     MISSING,
     RawRecord,
     get_field,
@@ -49,9 +52,6 @@ from tasks.ingest.loaders import (
     parse_csv_list,
     resolve_files,
 )
-from ultrafeedback.keys import instruction_id, normalise_text, seeded_int
-from ultrafeedback.records import Instruction, Quarantined
-from ultrafeedback.spec import Source, Spec
 
 QUARANTINE_REASONS: tuple[str, ...] = (
     "malformed_record",

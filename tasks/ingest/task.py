@@ -6,7 +6,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.stages import (
+from ultrafeedback.outputs import OUTPUTS
+from ultrafeedback.records import Instruction
+from ultrafeedback.tasks.stages import (
     Gate,
     Run,
     ShardReport,
@@ -16,15 +18,13 @@ from tasks.stages import (
     shard_file_rows,
     write_if_changed,
 )
-from ultrafeedback.outputs import OUTPUTS
-from ultrafeedback.records import Instruction
 
 
 def write_instruction_shards(run: Run, instructions: list[Instruction]) -> list[int]:
     """Cut the instructions (in ``(source, id)`` order, as ingest returns them) into shards of
     ``execution.shard_size`` and write each shard's file unless it holds the same instructions.
     Returns the shard numbers."""
-    from infra.store import rows_table
+    from ultrafeedback.infra.store import rows_table
 
     out = OUTPUTS["instructions"]
     size = run.spec.execution.shard_size
@@ -43,7 +43,7 @@ def write_instruction_shards(run: Run, instructions: list[Instruction]) -> list[
 
 def run_ingest(run: Run, shard: int) -> ShardReport:
     """Load, normalise, quarantine, deduplicate and sample every source; write the shards."""
-    from tasks.ingest.ingest import ingest
+    from ultrafeedback.tasks.ingest.ingest import ingest
 
     report = ShardReport(stage="ingest", shard=shard)
     store = run.store
@@ -64,9 +64,9 @@ def run_ingest(run: Run, shard: int) -> ShardReport:
 
 
 def _summary(run: Run) -> list[Any]:
-    from expectations.models import GateContext
-    from expectations.stages.ingest import quarantine_check
-    from expectations.summary import count_check, unique_keys_check
+    from ultrafeedback.expectations.models import GateContext
+    from ultrafeedback.expectations.stages.ingest import quarantine_check
+    from ultrafeedback.expectations.summary import count_check, unique_keys_check
 
     ids = run.column("instructions", "id")
     return [

@@ -1,6 +1,6 @@
 """Pairs and binarized preference sets (reference §6)."""
 
-from tasks.pairs.pairs import (
+from ultrafeedback.tasks.pairs.pairs import (
     SCORE_COLUMNS,
     SPLITS,
     TIE_DECIMALS,

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from infra.store import Store
+from ultrafeedback.infra.store import Store
 from ultrafeedback.records import ScoredCompletion
 
 SCORED = "scored"

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.stages import Gate, Run, ShardReport, Stage, file_rows
 from ultrafeedback.outputs import OUTPUTS
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, file_rows
 
 SPLITS = ("train_prefs", "test_prefs")
 
 
 def run_pairs(run: Run, shard: int) -> ShardReport:
-    from tasks.pairs.task import pairs_task
+    from ultrafeedback.tasks.pairs.task import pairs_task
 
     report = ShardReport(stage="pairs", shard=shard)
     info = pairs_task.fn(run.spec)
@@ -33,7 +33,7 @@ def _binarized_units(run: Run) -> list[Any]:
 
 
 def _pairs_summary(run: Run) -> list[Any]:
-    from expectations.summary import count_check, unique_keys_check
+    from ultrafeedback.expectations.summary import count_check, unique_keys_check
 
     ids = [key for path in _pair_units(run) for key in run.store.read_table(path, ["pair_id"])["pair_id"].to_pylist()]
     return [
@@ -43,7 +43,7 @@ def _pairs_summary(run: Run) -> list[Any]:
 
 
 def _binarized_summary(run: Run) -> list[Any]:
-    from expectations.summary import count_check
+    from ultrafeedback.expectations.summary import count_check
 
     rows = sum(run.store.num_rows(path) for path in _binarized_units(run))
     return [count_check("not empty", rows, low=1, what="binarized rows")]

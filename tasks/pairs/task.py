@@ -26,10 +26,12 @@ import pyarrow.compute as pc
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.store import FINGERPRINT_META, Store, arrow_schema, rows_table
-from tasks.common import store_for
-from tasks.pairs.pairs import binarize, build_pairs, split_test_ids
-from tasks.pairs.shards import (
+from ultrafeedback.infra.store import FINGERPRINT_META, Store, arrow_schema, rows_table
+from ultrafeedback.records import Pair
+from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.common import store_for
+from ultrafeedback.tasks.pairs.pairs import binarize, build_pairs, split_test_ids
+from ultrafeedback.tasks.pairs.shards import (
     BINARIZED,
     PAIRS,
     SPLITS,
@@ -48,9 +50,7 @@ from tasks.pairs.shards import (
     shard_name,
     write_shard_file,
 )
-from tasks.stages import fingerprint
-from ultrafeedback.records import Pair
-from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.stages import fingerprint
 
 DROPPED_JSON = f"{BINARIZED}/dropped.json"
 PAIRS_CODE = 1
@@ -82,7 +82,7 @@ def read_pairs(store: Store) -> pd.DataFrame:
 def read_binarized_splits(store: Store) -> dict[str, list[dict[str, Any]]]:
     """Split name -> binarized rows (chat messages as lists of dicts), in ``split_binarized`` order.
     For small data; large readers use :func:`iter_binarized`."""
-    from tasks.publish.publish import binarized_features
+    from ultrafeedback.tasks.publish.publish import binarized_features
 
     schema = binarized_features().arrow_schema
     return {
@@ -119,7 +119,7 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     pair count, drop counts and binarized keys come from footers and key columns. Its split files are
     rewritten only when the global split moved one of its rows.
     """
-    from tasks.publish.publish import binarized_features
+    from ultrafeedback.tasks.publish.publish import binarized_features
 
     store = store_for(spec)
     schema = binarized_features().arrow_schema

@@ -1,7 +1,7 @@
 """Numbered, immutable Hugging Face dataset releases (DESIGN §1 step 8, §4)."""
 
-from tasks.publish.card import render_card, scrub, scrub_text
-from tasks.publish.publish import (
+from ultrafeedback.tasks.publish.card import render_card, scrub, scrub_text
+from ultrafeedback.tasks.publish.publish import (
     PublishedRelease,
     ReleaseTables,
     ShardedTables,

@@ -53,15 +53,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from infra.store import Store
-from tasks.pairs.shards import TableCursor, file_sha256
-from tasks.publish.card import render_card, scrub
+from ultrafeedback.infra.store import Store
 from ultrafeedback.records import ASPECTS, TYPED_ASPECTS, Pair
+from ultrafeedback.tasks.pairs.shards import TableCursor, file_sha256
+from ultrafeedback.tasks.publish.card import render_card, scrub
 
 if TYPE_CHECKING:
     from datasets import Features
 
-    from tasks.aggregate.aggregate import AggregateResult
+    from ultrafeedback.tasks.aggregate.aggregate import AggregateResult
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def completions_table(scored: pd.DataFrame | pa.Table) -> pa.Table:
     in Arrow (structs, then list offsets at instruction boundaries): 64k instructions take about a
     second, where row-wise dicts took twenty.
     """
-    from tasks.pairs.pairs import latest_rows
+    from ultrafeedback.tasks.pairs.pairs import latest_rows
 
     schema = completions_features().arrow_schema
     frame = latest_rows(_frame(scored))
@@ -375,7 +375,7 @@ def _memory_splits(tables: ReleaseTables) -> list[_Split]:
 
 def _input_files(store: Store) -> list[str]:
     """The stage files a stored release is built from (what its fingerprint hashes)."""
-    from tasks.pairs.shards import BINARIZED, PAIRS, SPLITS, scored_shards, shard_files
+    from ultrafeedback.tasks.pairs.shards import BINARIZED, PAIRS, SPLITS, scored_shards, shard_files
 
     files = [relpath for shard in scored_shards(store) for relpath in shard.files]
     for folder in (PAIRS, *(f"{BINARIZED}/{split}" for split in SPLITS)):
@@ -390,7 +390,7 @@ def _stored_splits(store: Store) -> tuple[list[_Split], Counter[tuple[str, str]]
     shard at a time. Pairs and binarized rows: merged from their shard files into instruction-id
     order, the order of the whole-table functions. Only key columns are read up front.
     """
-    from tasks.pairs.shards import (
+    from ultrafeedback.tasks.pairs.shards import (
         BINARIZED,
         PAIRS,
         ShardStream,

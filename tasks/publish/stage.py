@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tasks.stages import Run, ShardReport, Stage
+from ultrafeedback.tasks.stages import Run, ShardReport, Stage
 
 
 def run_publish(run: Run, shard: int) -> ShardReport:
-    from tasks.publish.task import publish_task
+    from ultrafeedback.tasks.publish.task import publish_task
 
     report = ShardReport(stage="publish", shard=shard)
     release = publish_task.fn(run.spec, run.facts.get("aggregate"), run.facts["gates"], run.facts["summary"])

@@ -8,9 +8,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.common import run_logger, store_for
-from tasks.publish.publish import ShardedTables, publish_release, publish_to_hub
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.common import run_logger, store_for
+from ultrafeedback.tasks.publish.publish import ShardedTables, publish_release, publish_to_hub
 
 HUB_TOKEN_ENV = "HF_TOKEN"
 

@@ -7,7 +7,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from tasks.annotate.jobs import aspect_keys, available_by_instruction, critique_key_for, judge_kind, judge_model_id
 from ultrafeedback.records import (
     TYPED_ASPECTS,
     AspectAnnotation,
@@ -18,6 +17,13 @@ from ultrafeedback.records import (
     ScoredCompletion,
 )
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.annotate.jobs import (
+    aspect_keys,
+    available_by_instruction,
+    critique_key_for,
+    judge_kind,
+    judge_model_id,
+)
 
 
 def build_scored(
@@ -33,7 +39,7 @@ def build_scored(
     Annotations are looked up by the key the current spec would give them, so results of an older
     template, judge or completion set are never mixed in.
     """
-    from tasks.annotate.parse import fine_grained_score, parse_aspect
+    from ultrafeedback.tasks.annotate.parse import fine_grained_score, parse_aspect
 
     rows: list[ScoredCompletion] = []
     assigned: dict[str, list[CompletionRequest]] = defaultdict(list)

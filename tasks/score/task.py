@@ -8,7 +8,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from tasks.annotate.jobs import (
+from ultrafeedback.outputs import OUTPUTS
+from ultrafeedback.records import AspectAnnotation, Completion, Critique, ScoredCompletion
+from ultrafeedback.tasks.annotate.jobs import (
     ANNOTATIONS,
     CRITIQUES,
     aspect_keys,
@@ -17,10 +19,8 @@ from tasks.annotate.jobs import (
     judge_kind,
     judge_model_id,
 )
-from tasks.score.score import build_scored
-from tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
-from ultrafeedback.outputs import OUTPUTS
-from ultrafeedback.records import AspectAnnotation, Completion, Critique, ScoredCompletion
+from ultrafeedback.tasks.score.score import build_scored
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
 
 
 @cache
@@ -71,7 +71,7 @@ def _score_inputs(run: Run, shard: int) -> tuple[str, list[str], list[str], list
 def run_score(run: Run, shard: int) -> ShardReport:
     """Join the shard's instructions, requests, completions, ratings and critiques into
     ``scored/shard-NNNNN.parquet`` (skipped when its inputs are unchanged)."""
-    from infra.store import rows_table
+    from ultrafeedback.infra.store import rows_table
 
     report = ShardReport(stage="score", shard=shard)
     path = OUTPUTS["scored"].shard_path(shard)
@@ -98,7 +98,7 @@ def run_score(run: Run, shard: int) -> ShardReport:
 
 
 def _summary(run: Run) -> list[Any]:
-    from expectations.summary import count_check, unique_keys_check
+    from ultrafeedback.expectations.summary import count_check, unique_keys_check
 
     completions = run.log("completions").index()
     expected = sum(1 for s in run.shards() for r in run.requests(s) if r.request_id in completions)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_demo_spec_builds_on_the_cpu(prefect_harness, tmp_path):
     import datasets
 
-    from flows.build import build
+    from ultrafeedback.flows.build import build
 
     overrides = [
         f"store={tmp_path / 'store'}",

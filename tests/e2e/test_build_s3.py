@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.simulator.config import SimulatorConfig
-from infra.simulator.server import Simulator
 from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
 from tests.s3_server import CREDENTIAL_STRINGS, MotoS3Server, bucket_objects, new_bucket, s3fs_for, set_credentials
+from ultrafeedback.infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.server import Simulator
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +80,7 @@ def write_spec(folder: Path, sim_url: str, store: str, endpoint_url: str, s3_sou
 
 
 def run_build(spec_path: Path) -> str:
-    from flows.build import build
+    from ultrafeedback.flows.build import build
 
     return build(spec_path=str(spec_path), overrides=[])
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.simulator.config import SimulatorConfig
-from infra.simulator.server import Simulator
-from infra.store import ResultLog
 from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
+from ultrafeedback.infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.server import Simulator
+from ultrafeedback.infra.store import ResultLog
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +90,7 @@ def sim(monkeypatch):
 
 
 def run_build(spec_path: Path, overrides: list[str] | None = None) -> str:
-    from flows.build import build
+    from ultrafeedback.flows.build import build
 
     return build(spec_path=str(spec_path), overrides=overrides or [])
 
@@ -156,7 +156,7 @@ def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_
 
     written = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet") if "releases" not in p.parts}
     gate_runs = []
-    import expectations.gate as gate_module
+    import ultrafeedback.expectations.gate as gate_module
 
     real_run_gate = gate_module.run_gate
     gate_module.run_gate = lambda *a, **k: gate_runs.append(a[0]) or real_run_gate(*a, **k)
@@ -195,8 +195,8 @@ def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, t
 
 
 def test_failed_requests_stop_the_run_and_a_rerun_sends_only_those(prefect_harness, sim, tmp_path):
-    from expectations.gate import GateFailed
-    from infra.store import Store
+    from ultrafeedback.expectations.gate import GateFailed
+    from ultrafeedback.infra.store import Store
     from ultrafeedback.status import collect_status
 
     write_sources(tmp_path)
@@ -229,7 +229,7 @@ def test_failed_requests_stop_the_run_and_a_rerun_sends_only_those(prefect_harne
 
 
 def test_malformed_jsonl_line_stops_the_run_naming_the_line(prefect_harness, sim, tmp_path):
-    from expectations.gate import GateFailed
+    from ultrafeedback.expectations.gate import GateFailed
 
     write_sources(tmp_path, broken_line=True)
     with pytest.raises(GateFailed) as err:
@@ -243,7 +243,7 @@ def test_missing_source_file_names_the_key_and_path(prefect_harness, sim, tmp_pa
     write_sources(tmp_path)
     data = spec_data(tmp_path, sim.url)
     data["sources"][1]["path"] = "missing.jsonl"
-    from tasks.ingest.loaders import IngestError
+    from ultrafeedback.tasks.ingest.loaders import IngestError
 
     with pytest.raises(IngestError) as err:
         run_build(write_spec(tmp_path, data))
@@ -280,8 +280,8 @@ def test_cli_exit_codes_for_bad_input(tmp_path, capsys):
 
 def test_refresh_computes_only_new_keys(prefect_harness, sim, tmp_path):
     """Adding instructions and a model to a finished build sends only the new units of work."""
-    from infra.store import Store
-    from tasks.common import read_requests
+    from ultrafeedback.infra.store import Store
+    from ultrafeedback.tasks.common import read_requests
 
     write_sources(tmp_path)
     data = spec_data(tmp_path, sim.url)

@@ -29,9 +29,9 @@ import httpx
 import pytest
 import yaml
 
-from infra.simulator.config import SimulatorConfig
-from infra.simulator.server import Simulator
 from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
+from ultrafeedback.infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.server import Simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -365,8 +365,8 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
     assert stats["with_auth"] == stats["total"] and not stats["faults"], stats
 
     # a model's sampling came from the overrides
-    from infra.store import Store
-    from tasks.common import read_requests
+    from ultrafeedback.infra.store import Store
+    from ultrafeedback.tasks.common import read_requests
 
     requests = read_requests(Store(str(override_store), "deploy-e2e"))
     temperatures = {r.model: json.loads(r.sampling_json)["temperature"] for r in requests}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.simulator.config import SimulatorConfig
-from infra.simulator.server import Simulator
+from ultrafeedback.infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.server import Simulator
 
 pytestmark = pytest.mark.e2e
 
@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_paper_spec_builds_against_the_simulator(prefect_harness, tmp_path, monkeypatch):
     import datasets
 
-    from flows.build import build
-    from infra.store import Store
-    from tasks.common import read_requests
+    from ultrafeedback.flows.build import build
+    from ultrafeedback.infra.store import Store
+    from ultrafeedback.tasks.common import read_requests
 
     monkeypatch.setenv("OPENAI_API_KEY", "simulated")
     monkeypatch.setenv("GEMINI_API_KEY", "simulated")

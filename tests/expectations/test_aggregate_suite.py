@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from expectations.gate import GateContext, GateResult, run_gate
-from infra.store import rows_table
-from tasks.aggregate.aggregate import aggregate
+from ultrafeedback.expectations.gate import GateContext, GateResult, run_gate
+from ultrafeedback.infra.store import rows_table
 from ultrafeedback.records import ASPECTS, ScoredCompletion
 from ultrafeedback.spec import Spec, validate_dict
+from ultrafeedback.tasks.aggregate.aggregate import aggregate
 
 POOL = ["alpha", "beta", "gamma"]
 

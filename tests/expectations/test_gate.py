@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from expectations.gate import (
+from ultrafeedback.expectations.gate import (
     GateContext,
     GateFailed,
     GateResult,
@@ -19,7 +19,7 @@ from expectations.gate import (
     get_context,
     run_gate,
 )
-from infra.store import rows_table
+from ultrafeedback.infra.store import rows_table
 from ultrafeedback.records import ASPECTS, Completion, ScoredCompletion
 from ultrafeedback.spec import Gates, validate_dict
 

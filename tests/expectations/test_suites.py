@@ -13,11 +13,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from expectations.checks import suite_name
-from expectations.gate import GateContext, run_gate
-from expectations.models import STAGES
-from expectations.stages.binarized import CHAT_OK, chat_problem
-from expectations.suites import suite_for
+from ultrafeedback.expectations.checks import suite_name
+from ultrafeedback.expectations.gate import GateContext, run_gate
+from ultrafeedback.expectations.models import STAGES
+from ultrafeedback.expectations.stages.binarized import CHAT_OK, chat_problem
+from ultrafeedback.expectations.suites import suite_for
 from ultrafeedback.records import (
     ASPECTS,
     PRINCIPLES,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from expectations.gate import run_gate
-from expectations.models import CheckResult, GateContext, GateResult
-from expectations.summary import count_check, merge, rate_check, unique_keys_check
+from ultrafeedback.expectations.gate import run_gate
+from ultrafeedback.expectations.models import CheckResult, GateContext, GateResult
+from ultrafeedback.expectations.summary import count_check, merge, rate_check, unique_keys_check
 from ultrafeedback.spec import Gates
 
 

@@ -11,9 +11,9 @@ import pytest
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.build import MAX_PARALLEL_SHARDS, BuildSummary, _groups, _run_pipeline
-from tasks.stages import Run, ShardReport, Stage
+from ultrafeedback.flows.build import MAX_PARALLEL_SHARDS, BuildSummary, _groups, _run_pipeline
 from ultrafeedback.spec import validate_dict
+from ultrafeedback.tasks.stages import Run, ShardReport, Stage
 
 _lock = threading.Lock()
 

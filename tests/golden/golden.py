@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.config import SimulatorConfig
 
 GOLDEN = Path(__file__).resolve().parent
 SPEC = "spec.yaml"
@@ -85,7 +85,7 @@ def overrides(store: str, sim_url: str) -> list[str]:
 @contextmanager
 def simulator() -> Iterator[Any]:
     """The simulator with the golden faults, on a free port."""
-    from infra.simulator.server import Simulator
+    from ultrafeedback.infra.simulator.server import Simulator
 
     with Simulator(SIMULATOR) as sim:
         yield sim
@@ -94,7 +94,7 @@ def simulator() -> Iterator[Any]:
 def build_release(folder: Path, store: Path, sim_url: str) -> str:
     """Build ``folder/spec.yaml`` with the code on the import path; returns the release URI.
     The caller sets ``KEY_ENV`` and provides a Prefect API (the test harness)."""
-    from flows.build import build
+    from ultrafeedback.flows.build import build
 
     return build(spec_path=str(folder / SPEC), overrides=overrides(str(store), sim_url))
 

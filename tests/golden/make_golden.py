@@ -237,9 +237,9 @@ def write_spec(folder: Path) -> None:
 
 def _code_origin() -> dict[str, Any]:
     """Which code built the release: its folder, commit, and whether its tracked files had edits."""
-    import flows.build
+    import ultrafeedback.flows.build
 
-    root = Path(flows.build.__file__).resolve().parents[1]
+    root = Path(ultrafeedback.flows.build.__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)

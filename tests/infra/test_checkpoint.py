@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-import infra.checkpoint as checkpoint
-from infra.checkpoint import Checkpointer, failure_log
-from infra.store import ResultLog, Store
+import ultrafeedback.infra.checkpoint as checkpoint
+from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
+from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Completion, Failure
 
 

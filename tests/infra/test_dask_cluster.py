@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.dask_cluster import dask_client
+from ultrafeedback.infra.dask_cluster import dask_client
 
 
 @pytest.fixture(scope="module")

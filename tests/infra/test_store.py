@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from infra.store import Store
+from ultrafeedback.infra.store import Store
 
 
 class Row(BaseModel):

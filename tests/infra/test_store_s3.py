@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel
 
-from infra.store import Store, arrow_schema
 from tests.s3_server import CREDENTIAL_STRINGS, MotoS3Server, bucket_objects, new_bucket, set_credentials
+from ultrafeedback.infra.store import Store, arrow_schema
 
 
 class Row(BaseModel):

@@ -6,7 +6,7 @@ import time
 
 import yaml
 
-from infra.store import Store
+from ultrafeedback.infra.store import Store
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction, Quarantined
 from ultrafeedback.status import COUNTED, collect_status, print_status
 

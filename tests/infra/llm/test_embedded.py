@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from infra.llm import embedded
-from infra.llm.base import LLMRequest, LLMResult
-from infra.llm.embedded import (
+from ultrafeedback.infra.llm import embedded
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.llm.embedded import (
     EmbeddedBackend,
     EmbeddedUnavailableError,
     WeightsLocation,

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-import infra.llm.openai_compat as openai_compat
-from infra.llm import factory
-from infra.llm.limiter import get_in_flight, get_limiter, reset_limiters
-from infra.llm.openai_compat import MissingAPIKeyError, OpenAICompatBackend
+import ultrafeedback.infra.llm.openai_compat as openai_compat
 from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
+from ultrafeedback.infra.llm import factory
+from ultrafeedback.infra.llm.limiter import get_in_flight, get_limiter, reset_limiters
+from ultrafeedback.infra.llm.openai_compat import MissingAPIKeyError, OpenAICompatBackend
 from ultrafeedback.spec import ModelEntry, Spec, validate_dict
 
 KEY_ENV = "UF_TEST_FACTORY_KEY"
@@ -126,14 +126,14 @@ def test_check_backends_checks_the_judge_endpoint_key(monkeypatch):
 
 
 def test_check_backends_builds_nothing_for_embedded_and_vllm_models(monkeypatch, built):
-    import infra.llm.embedded
-    import infra.llm.vllm_backend
+    import ultrafeedback.infra.llm.embedded
+    import ultrafeedback.infra.llm.vllm_backend
 
     def refuse(*args, **kwargs):
         raise AssertionError("check_backends must not load a local model")
 
-    monkeypatch.setattr(infra.llm.embedded, "EmbeddedBackend", refuse)
-    monkeypatch.setattr(infra.llm.vllm_backend, "VLLMBackend", refuse)
+    monkeypatch.setattr(ultrafeedback.infra.llm.embedded, "EmbeddedBackend", refuse)
+    monkeypatch.setattr(ultrafeedback.infra.llm.vllm_backend, "VLLMBackend", refuse)
     monkeypatch.delenv(KEY_ENV)  # the unused endpoint's key is not needed either
     spec = make_spec(models=[{"id": "e", "backend": "embedded"}, {"id": "v", "backend": "vllm", "model": "org/m"}])
     factory.check_backends(spec)
@@ -141,7 +141,7 @@ def test_check_backends_builds_nothing_for_embedded_and_vllm_models(monkeypatch,
 
 
 def test_vllm_models_share_a_backend_per_served_model(monkeypatch):
-    import infra.llm.vllm_backend
+    import ultrafeedback.infra.llm.vllm_backend
 
     class Engine:
         def __init__(self, model: str) -> None:
@@ -150,7 +150,7 @@ def test_vllm_models_share_a_backend_per_served_model(monkeypatch):
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(infra.llm.vllm_backend, "VLLMBackend", Engine)
+    monkeypatch.setattr(ultrafeedback.infra.llm.vllm_backend, "VLLMBackend", Engine)
     spec = make_spec(
         models=[
             {"id": "v1", "backend": "vllm", "model": "org/m"},

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from infra.llm.heuristic import HEURISTIC_JUDGE_ID, RATIONALE_PREFIX, critique, rate
+from ultrafeedback.infra.llm.heuristic import HEURISTIC_JUDGE_ID, RATIONALE_PREFIX, critique, rate
 from ultrafeedback.records import ASPECTS, TYPED_ASPECTS
 from ultrafeedback.spec import Judge
 
@@ -220,8 +220,8 @@ def test_critique_is_deterministic() -> None:
 
 
 def test_the_default_judge_records_the_heuristic_id() -> None:
-    from tasks.annotate.jobs import judge_kind, judge_model_id
     from ultrafeedback.spec import validate_dict
+    from ultrafeedback.tasks.annotate.jobs import judge_kind, judge_model_id
 
     spec = validate_dict(
         {

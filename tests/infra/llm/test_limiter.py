@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from infra.llm import loop as io_loop
-from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 from tests.infra.llm.forking import fork_and_report
+from ultrafeedback.infra.llm import loop as io_loop
+from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
 
 
 def _offsets(limiter: RateLimiter, count: int, tokens: int = 0) -> list[float]:

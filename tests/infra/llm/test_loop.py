@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.llm import loop as io_loop
 from tests.infra.llm.forking import fork_and_report
+from ultrafeedback.infra.llm import loop as io_loop
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -205,9 +205,9 @@ def test_a_forked_child_starts_a_loop_of_its_own():
 _EXIT_SCRIPT = """
 import sys, threading, time
 sys.path.insert(0, {root!r})
-from infra.llm.base import LLMRequest
-from infra.llm.openai_compat import OpenAICompatBackend
-from infra.simulator import Simulator, SimulatorConfig
+from ultrafeedback.infra.llm.base import LLMRequest
+from ultrafeedback.infra.llm.openai_compat import OpenAICompatBackend
+from ultrafeedback.infra.simulator import Simulator, SimulatorConfig
 
 def request(i):
     return LLMRequest(key=f"k{{i}}", model="m", messages=[{{"role": "user", "content": f"hi {{i}}"}}])

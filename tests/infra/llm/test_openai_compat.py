@@ -15,10 +15,11 @@ from email.utils import formatdate
 
 import pytest
 
-from infra.llm import loop as io_loop
-from infra.llm.base import LLMRequest, LLMResult
-from infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
-from infra.llm.openai_compat import (
+from tests.infra.llm.forking import fork_and_report
+from ultrafeedback.infra.llm import loop as io_loop
+from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
+from ultrafeedback.infra.llm.openai_compat import (
     MissingAPIKeyError,
     OpenAICompatBackend,
     backend_from_endpoint,
@@ -26,9 +27,8 @@ from infra.llm.openai_compat import (
     parse_retry_after,
     request_body,
 )
-from infra.simulator import Simulator, SimulatorConfig
-from infra.simulator.content import generation_reply
-from tests.infra.llm.forking import fork_and_report
+from ultrafeedback.infra.simulator import Simulator, SimulatorConfig
+from ultrafeedback.infra.simulator.content import generation_reply
 from ultrafeedback.spec import Endpoint
 
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9e"
@@ -348,7 +348,7 @@ def test_no_authorization_header_without_a_key():
 
 
 def test_the_key_never_appears_in_results_errors_reprs_or_logs(caplog):
-    caplog.set_level(logging.DEBUG, logger="infra.llm.openai_compat")
+    caplog.set_level(logging.DEBUG, logger="ultrafeedback.infra.llm.openai_compat")
     with Simulator(SimulatorConfig(api_key="sk-the-right-one")) as sim:
         b = backend(sim.url, api_key=SECRET, max_retries=0)
         result = run_one(b)

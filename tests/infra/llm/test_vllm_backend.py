@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from infra.llm.base import LLMRequest
-from infra.llm.vllm_backend import VLLMBackend, sampling_kwargs
+from ultrafeedback.infra.llm.base import LLMRequest
+from ultrafeedback.infra.llm.vllm_backend import VLLMBackend, sampling_kwargs
 
 
 class FakeParams:

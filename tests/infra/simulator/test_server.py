@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from infra.simulator import Simulator, SimulatorConfig
-from infra.simulator.server import main
+from ultrafeedback.infra.simulator import Simulator, SimulatorConfig
+from ultrafeedback.infra.simulator.server import main
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -240,8 +240,8 @@ def test_the_heading_must_be_a_line_of_its_own(sim):
 
 @pytest.mark.parametrize("aspect", list(HEADINGS))
 def test_the_projects_own_templates_and_parser_agree_with_the_simulator(sim, aspect):
-    from tasks.annotate.parse import parse_aspect
-    from tasks.annotate.prompts import aspect_messages
+    from ultrafeedback.tasks.annotate.parse import parse_aspect
+    from ultrafeedback.tasks.annotate.prompts import aspect_messages
 
     messages = aspect_messages(aspect, "What is the capital of France?", TEXTS[:5], None)
     parsed = parse_aspect(aspect, chat_text_messages(sim, messages), 5)
@@ -250,8 +250,8 @@ def test_the_projects_own_templates_and_parser_agree_with_the_simulator(sim, asp
 
 
 def test_unparseable_judge_answers_are_rejected_by_the_projects_parser():
-    from tasks.annotate.parse import parse_aspect
-    from tasks.annotate.prompts import aspect_messages
+    from ultrafeedback.tasks.annotate.parse import parse_aspect
+    from ultrafeedback.tasks.annotate.prompts import aspect_messages
 
     failures = 0
     with Simulator(SimulatorConfig(rate_unparseable=1.0)) as sim:
@@ -273,8 +273,8 @@ def test_critique_ends_with_a_parseable_overall_score(sim):
 
 
 def test_critique_of_the_projects_own_template_parses(sim):
-    from tasks.annotate.parse import parse_critique
-    from tasks.annotate.prompts import critique_messages
+    from ultrafeedback.tasks.annotate.parse import parse_critique
+    from ultrafeedback.tasks.annotate.prompts import critique_messages
 
     messages = critique_messages("Name a prime.", "Seven is prime.", "helpfulness", "Be helpful.")
     parsed = parse_critique(chat_text_messages(sim, messages))
@@ -447,7 +447,8 @@ def test_a_taken_port_is_an_error_not_a_hang():
 def test_cli_prints_the_url_serves_and_stops_cleanly():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "infra.simulator.server", "--port", "0", "--seed", "3", "--latency-ms", "1"],
+        [sys.executable, "-m", "ultrafeedback.infra.simulator.server", "--port", "0", "--seed", "3",
+         "--latency-ms", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     )  # fmt: skip
     try:

@@ -14,11 +14,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from infra.dask_cluster import dask_client  # noqa: E402
-from infra.store import arrow_schema  # noqa: E402
-from tasks.aggregate.aggregate import TOKENIZER, AggregateResult, aggregate, count_tokens  # noqa: E402
-from tasks.pairs.pairs import build_pairs  # noqa: E402
+from ultrafeedback.infra.dask_cluster import dask_client  # noqa: E402
+from ultrafeedback.infra.store import arrow_schema  # noqa: E402
 from ultrafeedback.records import ScoredCompletion  # noqa: E402
+from ultrafeedback.tasks.aggregate.aggregate import TOKENIZER, AggregateResult, aggregate, count_tokens  # noqa: E402
+from ultrafeedback.tasks.pairs.pairs import build_pairs  # noqa: E402
 
 
 def _row(iid: str, pos: int, model: str, ratings: dict[str, str | None], overall: float | None, **kw) -> dict:

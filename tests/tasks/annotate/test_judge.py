@@ -7,13 +7,16 @@ from typing import Any
 
 import pytest
 
-from infra.checkpoint import failure_log
-from infra.llm import factory, heuristic
-from infra.llm.base import LLMResult
-from infra.llm.limiter import reset_limiters
-from infra.simulator import Simulator, SimulatorConfig
-from infra.store import ResultLog, Store
-from tasks.annotate.jobs import (
+from tests.tasks.annotate.shard_inputs import KEY_ENV, SHARD, ShardInputs, make_spec, shard_inputs
+from ultrafeedback.infra.checkpoint import failure_log
+from ultrafeedback.infra.llm import factory, heuristic
+from ultrafeedback.infra.llm.base import LLMResult
+from ultrafeedback.infra.llm.limiter import reset_limiters
+from ultrafeedback.infra.simulator import Simulator, SimulatorConfig
+from ultrafeedback.infra.store import ResultLog, Store
+from ultrafeedback.records import AspectAnnotation, Critique, Instruction
+from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.annotate.jobs import (
     ANNOTATIONS,
     CRITIQUES,
     AspectJob,
@@ -23,12 +26,9 @@ from tasks.annotate.jobs import (
     plan_jobs,
     plan_shard_jobs,
 )
-from tasks.annotate.judge import annotate_shard
-from tasks.annotate.parse import parse_aspect, parse_critique
-from tasks.annotate.prompts import world_knowledge
-from tests.tasks.annotate.shard_inputs import KEY_ENV, SHARD, ShardInputs, make_spec, shard_inputs
-from ultrafeedback.records import AspectAnnotation, Critique, Instruction
-from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.annotate.judge import annotate_shard
+from ultrafeedback.tasks.annotate.parse import parse_aspect, parse_critique
+from ultrafeedback.tasks.annotate.prompts import world_knowledge
 
 JOBS = 8  # 2 instructions x (2 aspects + 2 critiques)
 

@@ -6,7 +6,8 @@ import itertools
 
 import pytest
 
-from tasks.annotate.parse import (
+from ultrafeedback.records import ASPECTS, TYPED_ASPECTS
+from ultrafeedback.tasks.annotate.parse import (
     ASPECT_REASONS,
     CRITIQUE_REASONS,
     NO_TYPE,
@@ -14,7 +15,6 @@ from tasks.annotate.parse import (
     parse_aspect,
     parse_critique,
 )
-from ultrafeedback.records import ASPECTS, TYPED_ASPECTS
 
 
 def block(aspect: str, i: int, rating: str = "4", types: str = "1, 3", hashes: str | None = None) -> str:

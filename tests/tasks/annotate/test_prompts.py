@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.annotate import prompts
-from tasks.annotate.prompts import (
+from ultrafeedback.records import ASPECTS, TYPED_ASPECTS
+from ultrafeedback.tasks.annotate import prompts
+from ultrafeedback.tasks.annotate.prompts import (
     CALIBRATION_CUT,
     CRITIQUE_TEMPLATE_VERSION,
     FALSE_PREMISE_NOTE,
@@ -24,8 +25,7 @@ from tasks.annotate.prompts import (
     template_versions,
     world_knowledge,
 )
-from tasks.assign.principles import load_principles
-from ultrafeedback.records import ASPECTS, TYPED_ASPECTS
+from ultrafeedback.tasks.assign.principles import load_principles
 
 TEXTS = ["first answer", "second answer", "third answer", "fourth answer", "fifth answer"]
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasks.assign.assign import assign, shard_instructions
 from ultrafeedback.records import Instruction
 from ultrafeedback.spec import validate_dict
+from ultrafeedback.tasks.assign.assign import assign, shard_instructions
 
 
 def make_spec(**extra) -> object:

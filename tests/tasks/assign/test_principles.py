@@ -7,8 +7,10 @@ import math
 
 import pytest
 
-from tasks.annotate.prompts import CALIBRATION_CUT
-from tasks.assign.principles import (
+from ultrafeedback.records import PRINCIPLES
+from ultrafeedback.spec import Source
+from ultrafeedback.tasks.annotate.prompts import CALIBRATION_CUT
+from ultrafeedback.tasks.assign.principles import (
     PRINCIPLES_FILE,
     PRINCIPLES_VERSION,
     README_DISTRIBUTIONS,
@@ -17,8 +19,6 @@ from tasks.assign.principles import (
     load_principles,
     validate_principles,
 )
-from ultrafeedback.records import PRINCIPLES
-from ultrafeedback.spec import Source
 
 
 def test_pool_sizes_match_the_original() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from infra.checkpoint import failure_log
-from infra.llm.base import LLMResult
-from infra.store import Store
-from tasks.assign.assign import assign
-from tasks.generate.generate import STAGE, generate_shard
+from ultrafeedback.infra.checkpoint import failure_log
+from ultrafeedback.infra.llm.base import LLMResult
+from ultrafeedback.infra.store import Store
 from ultrafeedback.records import Completion, Instruction
 from ultrafeedback.spec import validate_dict
+from ultrafeedback.tasks.assign.assign import assign
+from ultrafeedback.tasks.generate.generate import STAGE, generate_shard
 
 
 class FakeBackend:
@@ -50,7 +50,7 @@ def setup(tmp_path, monkeypatch):
     }
     requests = sorted(assign(list(instructions.values()), spec), key=lambda r: r.request_id)
     backend = FakeBackend()
-    monkeypatch.setattr("infra.llm.factory.model_backend", lambda spec, entry: backend)
+    monkeypatch.setattr("ultrafeedback.infra.llm.factory.model_backend", lambda spec, entry: backend)
     return spec, Store(str(tmp_path), "g"), instructions, requests, backend
 
 

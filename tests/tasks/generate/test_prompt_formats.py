@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tasks.generate.prompt_formats import (
+from ultrafeedback.tasks.generate.prompt_formats import (
     ALPACA_SYSTEM,
     FORMATS,
     LLAMA2_SYSTEM,

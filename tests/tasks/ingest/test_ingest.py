@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest.dedup import jaccard, near_key, shingles
-from tasks.ingest.ingest import IngestResult, ingest
-from tasks.ingest.loaders import IngestError
 from tests.tasks.ingest.ingest_helpers import make_spec
 from ultrafeedback.keys import instruction_id
+from ultrafeedback.tasks.ingest.dedup import jaccard, near_key, shingles
+from ultrafeedback.tasks.ingest.ingest import IngestResult, ingest
+from ultrafeedback.tasks.ingest.loaders import IngestError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

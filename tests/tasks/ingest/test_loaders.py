@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest.loaders import (
+from tests.tasks.ingest.ingest_helpers import make_spec, write_jsonl
+from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.ingest.loaders import (
     MISSING,
     IngestError,
     get_field,
@@ -20,8 +22,6 @@ from tasks.ingest.loaders import (
     load_benchmark_questions,
     parse_csv_list,
 )
-from tests.tasks.ingest.ingest_helpers import make_spec, write_jsonl
-from ultrafeedback.spec import Spec
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.store import Store, arrow_schema
+from ultrafeedback.infra.store import Store, arrow_schema
 from ultrafeedback.keys import instruction_id
 from ultrafeedback.records import ScoredCompletion
 from ultrafeedback.spec import Spec, validate_dict

@@ -13,15 +13,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from tasks.pairs.pairs import (  # noqa: E402
+from ultrafeedback.keys import content_key  # noqa: E402
+from ultrafeedback.records import ScoredCompletion  # noqa: E402
+from ultrafeedback.tasks.pairs.pairs import (  # noqa: E402
     _pair_key,
     binarize,
     build_pairs,
     n_test_rows,
     split_binarized,
 )
-from ultrafeedback.keys import content_key  # noqa: E402
-from ultrafeedback.records import ScoredCompletion  # noqa: E402
 
 MODELS = ["m-a", "m-b", "m-c", "m-d"]
 

@@ -18,29 +18,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from infra.store import Store, arrow_schema  # noqa: E402
-from tasks.pairs.pairs import (  # noqa: E402
-    binarize,
-    build_pairs,
-    latest_rows,
-    pairs_frame,
-    split_binarized,
-    split_test_ids,
-)
-from tasks.pairs.shards import (  # noqa: E402
-    ShardStream,
-    TableCursor,
-    merge_shards,
-    scored_shards,
-)
-from tasks.pairs.task import (  # noqa: E402
-    iter_binarized,
-    iter_pairs,
-    pairs_task,
-    read_binarized,
-    read_binarized_splits,
-    read_pairs,
-)
 from tests.tasks.pairs.scored_data import (  # noqa: E402
     SCHEMA,
     pairs_spec,
@@ -48,8 +25,31 @@ from tests.tasks.pairs.scored_data import (  # noqa: E402
     shard_tables,
     write_scored_shards,
 )
+from ultrafeedback.infra.store import Store, arrow_schema  # noqa: E402
 from ultrafeedback.records import Pair, ScoredCompletion  # noqa: E402
 from ultrafeedback.spec import Spec  # noqa: E402
+from ultrafeedback.tasks.pairs.pairs import (  # noqa: E402
+    binarize,
+    build_pairs,
+    latest_rows,
+    pairs_frame,
+    split_binarized,
+    split_test_ids,
+)
+from ultrafeedback.tasks.pairs.shards import (  # noqa: E402
+    ShardStream,
+    TableCursor,
+    merge_shards,
+    scored_shards,
+)
+from ultrafeedback.tasks.pairs.task import (  # noqa: E402
+    iter_binarized,
+    iter_pairs,
+    pairs_task,
+    read_binarized,
+    read_binarized_splits,
+    read_pairs,
+)
 
 ROWS = scored_rows(160, seed=7)
 
@@ -204,7 +204,7 @@ def _stamps(store: Store) -> dict[str, int]:
 @pytest.fixture
 def build_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the shards the pairs stage builds (calls of build_pairs)."""
-    import tasks.pairs.task as module
+    import ultrafeedback.tasks.pairs.task as module
 
     calls: list[int] = []
     real = module.build_pairs

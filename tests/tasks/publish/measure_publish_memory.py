@@ -33,9 +33,9 @@ def _status_mib(field: str) -> float:
 
 
 def _setup(root: Path, n: int) -> None:
-    from infra.store import Store
-    from tasks.pairs.task import pairs_task
     from tests.tasks.pairs.scored_data import pairs_spec, scored_rows, write_scored_shards
+    from ultrafeedback.infra.store import Store
+    from ultrafeedback.tasks.pairs.task import pairs_task
 
     spec = pairs_spec(str(root / "store"))
     store = Store(spec.store, spec.name)
@@ -47,10 +47,10 @@ def _publish(root: Path, mode: str) -> None:
     import pandas as pd
     import pyarrow as pa
 
-    from infra.store import Store
-    from tasks.pairs.shards import iter_scored
-    from tasks.pairs.task import read_binarized_splits, read_pairs
-    from tasks.publish.publish import ReleaseTables, ShardedTables, completions_features, publish_release
+    from ultrafeedback.infra.store import Store
+    from ultrafeedback.tasks.pairs.shards import iter_scored
+    from ultrafeedback.tasks.pairs.task import read_binarized_splits, read_pairs
+    from ultrafeedback.tasks.publish.publish import ReleaseTables, ShardedTables, completions_features, publish_release
 
     completions_features()  # imports ``datasets``: part of the imports, not of the publish
     store = Store(str(root / "store"), "unit")

@@ -16,20 +16,20 @@ import yaml
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from infra.store import Store  # noqa: E402
-from tasks.aggregate.aggregate import aggregate  # noqa: E402
-from tasks.pairs.pairs import binarize, build_pairs, split_binarized  # noqa: E402
-from tasks.publish import publish as publish_module  # noqa: E402
-from tasks.publish.card import scrub, scrub_text  # noqa: E402
-from tasks.publish.publish import (  # noqa: E402
+from tests.tasks.pairs.scored_data import write_scored_shards  # noqa: E402
+from ultrafeedback.infra.store import Store  # noqa: E402
+from ultrafeedback.records import ASPECTS, ScoredCompletion  # noqa: E402
+from ultrafeedback.tasks.aggregate.aggregate import aggregate  # noqa: E402
+from ultrafeedback.tasks.pairs.pairs import binarize, build_pairs, split_binarized  # noqa: E402
+from ultrafeedback.tasks.publish import publish as publish_module  # noqa: E402
+from ultrafeedback.tasks.publish.card import scrub, scrub_text  # noqa: E402
+from ultrafeedback.tasks.publish.publish import (  # noqa: E402
     ReleaseTables,
     completions_features,
     list_releases,
     publish_release,
     publish_to_hub,
 )
-from tests.tasks.pairs.scored_data import write_scored_shards  # noqa: E402
-from ultrafeedback.records import ASPECTS, ScoredCompletion  # noqa: E402
 
 OPENBMB_TOP = ["source", "instruction", "models", "completions", "correct_answers", "incorrect_answers"]
 OPENBMB_COMPLETION = [
@@ -468,7 +468,7 @@ def test_publish_to_hub_uploads_the_release_and_tags_it(published) -> None:
 @pytest.fixture(scope="module")
 def dask_address():
     """One real LocalCluster for this module; the aggregate task connects to it by address."""
-    from infra.dask_cluster import dask_client
+    from ultrafeedback.infra.dask_cluster import dask_client
 
     with dask_client(None, 1) as client:
         yield client.scheduler.address
@@ -478,10 +478,10 @@ def dask_address():
 def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str, layout: str) -> None:
     """aggregate -> pairs -> publish as the build flow calls them (the Prefect tasks' functions),
     on scored shard files and on a store written before them (checkpoint parts)."""
-    from tasks.aggregate.task import AGGREGATE_JSON, aggregate_task
-    from tasks.pairs.task import pairs_task, read_binarized, read_pairs
-    from tasks.publish.task import publish_task
     from ultrafeedback.spec import validate_dict
+    from ultrafeedback.tasks.aggregate.task import AGGREGATE_JSON, aggregate_task
+    from ultrafeedback.tasks.pairs.task import pairs_task, read_binarized, read_pairs
+    from ultrafeedback.tasks.publish.task import publish_task
 
     spec = validate_dict(
         {
@@ -566,7 +566,7 @@ def test_s3_store_aggregate_and_release(s3_options: dict[str, Any], heuristic_ta
     import datasets
     import fsspec
 
-    from infra.store import arrow_schema
+    from ultrafeedback.infra.store import arrow_schema
 
     fs = fsspec.filesystem("s3", **s3_options)
     fs.mkdir("uf-bucket")
@@ -597,9 +597,9 @@ def test_s3_store_pairs_stage_and_streamed_release(s3_options: dict[str, Any], t
     they are written, identical to the whole-table release; a rerun uploads nothing."""
     import fsspec
 
-    from tasks.pairs.task import pairs_task, read_binarized_splits, read_pairs
-    from tasks.publish.publish import ShardedTables
     from tests.tasks.pairs.scored_data import pairs_spec, scored_rows
+    from ultrafeedback.tasks.pairs.task import pairs_task, read_binarized_splits, read_pairs
+    from ultrafeedback.tasks.publish.publish import ShardedTables
 
     s3_options = {k: s3_options[k] for k in ("key", "secret", "client_kwargs")}  # datasets adds an "hf" key
     fs = fsspec.filesystem("s3", **s3_options)

@@ -19,11 +19,13 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from infra.store import Store  # noqa: E402
-from tasks.pairs.pairs import binarize, build_pairs, split_binarized  # noqa: E402
-from tasks.pairs.task import pairs_task  # noqa: E402
-from tasks.publish import publish as publish_module  # noqa: E402
-from tasks.publish.publish import (  # noqa: E402
+from tests.tasks.pairs.scored_data import SCHEMA, pairs_spec, scored_rows, write_scored_shards  # noqa: E402
+from ultrafeedback.infra.store import Store  # noqa: E402
+from ultrafeedback.spec import Spec  # noqa: E402
+from ultrafeedback.tasks.pairs.pairs import binarize, build_pairs, split_binarized  # noqa: E402
+from ultrafeedback.tasks.pairs.task import pairs_task  # noqa: E402
+from ultrafeedback.tasks.publish import publish as publish_module  # noqa: E402
+from ultrafeedback.tasks.publish.publish import (  # noqa: E402
     COMPLETION_SOURCES,
     ReleaseTables,
     ShardedTables,
@@ -38,8 +40,6 @@ from tasks.publish.publish import (  # noqa: E402
     pairs_table,
     publish_release,
 )
-from tests.tasks.pairs.scored_data import SCHEMA, pairs_spec, scored_rows, write_scored_shards  # noqa: E402
-from ultrafeedback.spec import Spec  # noqa: E402
 
 ROWS = scored_rows(150, seed=11)
 AGGREGATE = {"stats": {"prompts": 150, "completions": len(ROWS)}}

@@ -3,11 +3,11 @@ shuffle; what is missing or unparseable stays null; only results under the curre
 
 from __future__ import annotations
 
-from infra.llm.judge_format import aspect_block, aspect_reply
-from tasks.annotate.jobs import aspect_keys, critique_key_for, judge_kind, judge_model_id
-from tasks.score.score import build_scored
 from tests.tasks.annotate.shard_inputs import ASPECTS, make_spec, shard_inputs
+from ultrafeedback.infra.llm.judge_format import aspect_block, aspect_reply
 from ultrafeedback.records import AspectAnnotation, Critique
+from ultrafeedback.tasks.annotate.jobs import aspect_keys, critique_key_for, judge_kind, judge_model_id
+from ultrafeedback.tasks.score.score import build_scored
 
 
 def annotation(spec, key: str, instruction_id: str, aspect: str, ids: list[str], raw: str) -> AspectAnnotation:
