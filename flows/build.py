@@ -32,6 +32,8 @@ from ultrafeedback.tasks.common import store_for
 from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
 
 MAX_PARALLEL_SHARDS = 64
+PIPELINE_PREFIX = "pipeline:"
+"""The summary's wall time of a group of overlapping stages, keyed ``pipeline:generate+annotate+score``."""
 
 
 class BuildSummary:
@@ -229,6 +231,10 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
             active -= 1
     for name, (started, ended) in spans.items():
         summary.span(name, started, ended)
+    if len(spans) > 1:  # the stages overlapped: the pipeline's own wall time as well
+        summary.span(
+            PIPELINE_PREFIX + "+".join(spans), min(s for s, _ in spans.values()), max(e for _, e in spans.values())
+        )
     if crash is not None:
         raise crash
     return gates

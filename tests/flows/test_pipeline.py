@@ -105,7 +105,10 @@ def test_pipeline_bounds_shards_and_overlaps_stages(prefect_harness, tmp_path, p
     assert summary.failures == {"generate:http_500": 1}
     # shard 0's annotation started while another shard was still generating
     assert rec.at("annotate", 0, "start") < rec.at("generate", 3, "end")
-    assert set(summary.seconds) == {"generate", "annotate"}
+    assert set(summary.seconds) == {"generate", "annotate", "pipeline:generate+annotate"}
+    assert summary.seconds["pipeline:generate+annotate"] >= max(
+        summary.seconds["generate"], summary.seconds["annotate"]
+    )
 
 
 def test_a_crashed_shard_stops_new_shards_and_keeps_the_finished_reports(prefect_harness, tmp_path):
