@@ -119,7 +119,7 @@ def _unit_name(unit: Any) -> str:
 def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
     """Run a gate's suite on one unit (a shard) and keep the result in ``gates/{suite}/``; an
     unchanged unit under an unchanged context reuses the kept result without reading its rows."""
-    from ultrafeedback.expectations.gate import GateContext, GateResult, run_gate
+    from ultrafeedback.expectations.gate import GateContext, GateResult
 
     got = gate.rows(run, unit)
     if got is None:
@@ -132,9 +132,20 @@ def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
     kept = run.store.read_json(path)
     if kept and kept.get("key") == key:
         return GateResult(**kept["result"])
-    result = run_gate(gate.suite, rows(), context)
+    result = _validate(run, gate.suite, rows(), context)
     run.store.write_json(path, {"key": key, "result": result.to_dict()})
     return result
+
+
+def _validate(run: Run, suite: str, frame: Any, context: Any) -> Any:
+    """Validate in the run's gate worker processes (``execution.gate_processes``): a validation is
+    seconds of Python that would otherwise hold the interpreter lock the API event loop needs."""
+    from ultrafeedback.expectations.gate import run_gate
+
+    pool = run.gate_pool()
+    if pool is None:
+        return run_gate(suite, frame, context)
+    return pool.submit(run_gate, suite, frame, context).result()
 
 
 def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]) -> None:
@@ -268,6 +279,7 @@ def run_build(spec: Spec) -> str:
         stopped = exc
         raise
     finally:
+        run.close()
         Run.forget(run_id)
         _report(spec, store, summary, run.facts.get("release"), stopped)
     return run.facts["release"]["uri"]

@@ -51,6 +51,7 @@ class Run:
         self.stages = stage_list if stage_list is not None else stages()
         self._logs: dict[str, ResultLog] = {}
         self._lock = threading.Lock()
+        self._gate_pool: Any = None
         self.facts: dict[str, Any] = {}
         """whole-stage facts a later stage or gate needs (instruction count, quarantine, ...)"""
 
@@ -73,6 +74,29 @@ class Run:
         with cls._LOCK:
             cls._RUNS[run_id] = run
         return run
+
+    def gate_pool(self) -> Any:
+        """The run's gate worker processes (a ``ProcessPoolExecutor``, started on first use), or None
+        when ``execution.gate_processes`` is 0."""
+        workers = self.spec.execution.gate_processes
+        if workers == 0:
+            return None
+        with self._lock:
+            if self._gate_pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                # spawn: a fork of a process with an event loop, Prefect and Dask threads is unsafe
+                context = multiprocessing.get_context("spawn")
+                self._gate_pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            return self._gate_pool
+
+    def close(self) -> None:
+        """Stop what the run started (its gate worker processes)."""
+        with self._lock:
+            pool, self._gate_pool = self._gate_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
