@@ -138,14 +138,11 @@ def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
 
 
 def _validate(run: Run, suite: str, frame: Any, context: Any) -> Any:
-    """Validate in the run's gate worker processes (``execution.gate_processes``): a validation is
-    seconds of Python that would otherwise hold the interpreter lock the API event loop needs."""
+    """Validate in one of the run's worker processes (``execution.worker_processes``): a validation
+    is seconds of Python that would otherwise hold the interpreter lock the API event loop needs."""
     from ultrafeedback.expectations.gate import run_gate
 
-    pool = run.gate_pool()
-    if pool is None:
-        return run_gate(suite, frame, context)
-    return pool.submit(run_gate, suite, frame, context).result()
+    return run.offload(run_gate, suite, frame, context)
 
 
 def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]) -> None:

@@ -252,33 +252,44 @@ class ResultLog:
     def has(self, key: str) -> bool:
         return key in self.index()
 
-    def read_keys(self, keys: Iterable[str], columns: list[str] | None = None) -> pa.Table:
-        """The latest rows of ``keys`` (those stored; unknown keys are skipped), reading only the
-        parts that hold them."""
-        assert self.key is not None
+    def locate(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """Part name -> the given keys whose latest row it holds (keys not stored are left out)."""
         index = self.index()
         by_part: dict[str, list[str]] = {}
         for key in keys:
             part = index.get(key)
             if part is not None:
                 by_part.setdefault(part, []).append(key)
+        return by_part
+
+    def read_located(self, by_part: dict[str, list[str]], columns: list[str] | None = None) -> pa.Table:
+        """The rows of ``locate``'s answer, reading only those parts (also in a process that has no
+        index of its own). Raises FileNotFoundError when a part was compacted away meanwhile."""
+        assert self.key is not None
         wanted = None if columns is None else list(dict.fromkeys([*columns, self.key]))
         tables = []
         for part, part_keys in sorted(by_part.items()):
-            try:
-                with self.store.fs.open(self.store.path(self.stage, part), "rb") as handle:
-                    table = pq.read_table(handle, columns=wanted)
-            except FileNotFoundError:  # compacted meanwhile: by this object (the index names the
-                with self._lock:  # new part already) or by another process (list the parts again)
-                    if self._index is not None and all(self._index.get(k) == part for k in part_keys):
-                        self._index = None
-                tables.append(self.read_keys(part_keys, columns))
-                continue
+            with self.store.fs.open(self.store.path(self.stage, part), "rb") as handle:
+                table = pq.read_table(handle, columns=wanted)
             table = table.filter(pc.is_in(table.column(self.key), value_set=pa.array(part_keys, pa.string())))
             tables.append(_last_per_key(table, self.key))
         if not tables:
             return self._empty(wanted)
         return pa.concat_tables(tables, promote_options="default")
+
+    def read_keys(self, keys: Iterable[str], columns: list[str] | None = None) -> pa.Table:
+        """The latest rows of ``keys`` (those stored; unknown keys are skipped), reading only the
+        parts that hold them."""
+        by_part = self.locate(keys)
+        try:
+            return self.read_located(by_part, columns)
+        except FileNotFoundError:  # compacted meanwhile: by this object (the index names the new
+            with self._lock:  # part already) or by another process (list the parts again)
+                if self._index is not None and any(
+                    self._index.get(k) == part for part, part_keys in by_part.items() for k in part_keys
+                ):
+                    self._index = None
+            return self.read_keys([k for part_keys in by_part.values() for k in part_keys], columns)
 
     # ------------------------------------------------------------------ reading whole logs
     def read(self, columns: list[str] | None = None) -> pa.Table:

@@ -51,7 +51,7 @@ class Run:
         self.stages = stage_list if stage_list is not None else stages()
         self._logs: dict[str, ResultLog] = {}
         self._lock = threading.Lock()
-        self._gate_pool: Any = None
+        self._worker_pool: Any = None
         self.facts: dict[str, Any] = {}
         """whole-stage facts a later stage or gate needs (instruction count, quarantine, ...)"""
 
@@ -75,26 +75,34 @@ class Run:
             cls._RUNS[run_id] = run
         return run
 
-    def gate_pool(self) -> Any:
-        """The run's gate worker processes (a ``ProcessPoolExecutor``, started on first use), or None
-        when ``execution.gate_processes`` is 0."""
-        workers = self.spec.execution.gate_processes
+    def worker_pool(self) -> Any:
+        """The run's worker processes for CPU-heavy shard work (a ``ProcessPoolExecutor``, started on
+        first use), or None when ``execution.worker_processes`` is 0."""
+        workers = self.spec.execution.worker_processes
         if workers == 0:
             return None
         with self._lock:
-            if self._gate_pool is None:
+            if self._worker_pool is None:
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
 
                 # spawn: a fork of a process with an event loop, Prefect and Dask threads is unsafe
                 context = multiprocessing.get_context("spawn")
-                self._gate_pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-            return self._gate_pool
+                self._worker_pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+            return self._worker_pool
+
+    def offload(self, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in one of the run's worker processes (in this one when there are
+        none); blocks until it returns. ``function`` and ``args`` must pickle."""
+        pool = self.worker_pool()
+        if pool is None:
+            return function(*args)
+        return pool.submit(function, *args).result()
 
     def close(self) -> None:
-        """Stop what the run started (its gate worker processes)."""
+        """Stop what the run started (its worker processes)."""
         with self._lock:
-            pool, self._gate_pool = self._gate_pool, None
+            pool, self._worker_pool = self._worker_pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 

@@ -213,12 +213,12 @@ class Execution(_Strict):
     shard_size: int = Field(default=500, ge=1, description="instructions per shard")
     checkpoint_every: int = Field(default=64, ge=1, description="results per checkpoint write")
     parallel_shards: int = Field(default=4, ge=1, le=64, description="shard tasks running at once")
-    gate_processes: int = Field(
+    worker_processes: int = Field(
         default=1,
         ge=0,
         le=16,
-        description="worker processes that run the shards' Great Expectations validations, off the process "
-        "whose event loop drives the API calls; 0 runs them in that process",
+        description="worker processes for the CPU-heavy shard work (Great Expectations validations, the "
+        "score join), off the process whose event loop drives the API calls; 0 runs it in that process",
     )
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)

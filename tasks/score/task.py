@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from ultrafeedback.outputs import OUTPUTS
-from ultrafeedback.records import AspectAnnotation, Completion, Critique, ScoredCompletion
+from ultrafeedback.records import (
+    AspectAnnotation,
+    Completion,
+    CompletionRequest,
+    Critique,
+    Instruction,
+    ScoredCompletion,
+)
+from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.annotate.jobs import (
     ANNOTATIONS,
     CRITIQUES,
@@ -71,7 +79,6 @@ def _score_inputs(run: Run, shard: int) -> tuple[str, list[str], list[str], list
 def run_score(run: Run, shard: int) -> ShardReport:
     """Join the shard's instructions, requests, completions, ratings and critiques into
     ``scored/shard-NNNNN.parquet`` (skipped when its inputs are unchanged)."""
-    from ultrafeedback.infra.store import rows_table
 
     report = ShardReport(stage="score", shard=shard)
     path = OUTPUTS["scored"].shard_path(shard)
@@ -80,21 +87,47 @@ def run_score(run: Run, shard: int) -> ShardReport:
         report.skipped = True
         return report
 
-    def rows(name: str, model: type, keys: list[str], key: str) -> dict[str, Any]:
-        table = run.log(name).read_keys(keys)
+    def located() -> dict[str, dict[str, list[str]]]:
+        return {
+            name: run.log(name).locate(keys)
+            for name, keys in (("completions", present), (ANNOTATIONS, annotation_keys), (CRITIQUES, critique_keys))
+        }
+
+    try:  # the join is seconds of Python: off the process whose event loop drives the API calls
+        report.succeeded = run.offload(score_shard, run.spec, shard, digest, located())
+    except FileNotFoundError:  # a part was compacted between locating and reading: locate again here
+        report.succeeded = score_shard(run.spec, shard, digest, located())
+    return report
+
+
+def score_shard(spec: Spec, shard: int, digest: str, located: dict[str, dict[str, list[str]]]) -> int:
+    """Join one shard's stored results into its scored file; returns its rows. ``located`` names,
+    per result log, the parts that hold the shard's keys (``ResultLog.locate``), so this reads just
+    those and needs no index: it runs in a worker process as well as in the flow's."""
+    from ultrafeedback.infra.store import rows_table
+    from ultrafeedback.tasks.common import store_for
+
+    store = store_for(spec)
+    models = {"completions": (Completion, "request_id"), ANNOTATIONS: (AspectAnnotation, "annotation_key")}
+    models[CRITIQUES] = (Critique, "critique_key")
+
+    def rows(name: str) -> dict[str, Any]:
+        model, key = models[name]
+        table = store.log(name).read_located(located[name])
         return {row[key]: model(**row) for row in table.to_pylist()}
 
+    instructions = store.read_table(OUTPUTS["instructions"].shard_path(shard)).to_pylist()
+    requests = store.read_table(OUTPUTS["requests"].shard_path(shard)).to_pylist()
     scored = build_scored(
-        run.spec,
-        run.instructions(shard),
-        run.requests(shard),
-        rows("completions", Completion, present, "request_id"),
-        rows(ANNOTATIONS, AspectAnnotation, annotation_keys, "annotation_key"),
-        rows(CRITIQUES, Critique, critique_keys, "critique_key"),
+        spec,
+        {row["id"]: Instruction(**row) for row in instructions},
+        [CompletionRequest(**row) for row in requests],
+        rows("completions"),
+        rows(ANNOTATIONS),
+        rows(CRITIQUES),
     )
-    run.store.write_shard(path, rows_table(scored, ScoredCompletion), digest)
-    report.succeeded = len(scored)
-    return report
+    store.write_shard(OUTPUTS["scored"].shard_path(shard), rows_table(scored, ScoredCompletion), digest)
+    return len(scored)
 
 
 def _summary(run: Run) -> list[Any]:

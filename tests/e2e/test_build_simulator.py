@@ -188,7 +188,7 @@ def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, t
     with Simulator(config) as sim:
         write_sources(tmp_path)
         data = spec_data(tmp_path, sim.url)
-        data["execution"]["gate_processes"] = 0  # validations in the flow's own process (other tests: a worker)
+        data["execution"]["worker_processes"] = 0  # validations in the flow's own process (other tests: a worker)
         uri = run_build(write_spec(tmp_path, data))
         check_release(uri)
         faults = sim.stats()["faults"]
