@@ -99,3 +99,19 @@ def test_store_log_uses_the_registry(tmp_path):
         store.log("completion")
     with pytest.raises(KeyError, match="records no failures"):
         store.log("failures/scored")
+
+
+def test_read_located_needs_no_index_and_read_keys_survives_a_compaction_in_between(tmp_path):
+    log = _log(tmp_path)
+    for value in range(3):
+        log.append([Row(key=f"k{value}", value=value)], label="s00000")
+    located = log.locate(["k0", "k2", "missing"])
+    assert sorted(k for keys in located.values() for k in keys) == ["k0", "k2"]
+    # another process (no index) reads what this one located
+    other = Store(str(tmp_path), "d").results("stage", Row, key="key")
+    assert sorted(other.read_located(located).column("value").to_pylist()) == [0, 2]
+    # ... and another process compacts the parts away: the located parts are gone
+    Store(str(tmp_path), "d").results("stage", Row, key="key").compact(min_parts=2, label="s00000")
+    with pytest.raises(FileNotFoundError):
+        other.read_located(located)
+    assert sorted(log.read_keys(["k0", "k2"]).column("value").to_pylist()) == [0, 2]  # re-lists the parts
