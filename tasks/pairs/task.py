@@ -82,7 +82,7 @@ def read_pairs(store: Store) -> pd.DataFrame:
 def read_binarized_splits(store: Store) -> dict[str, list[dict[str, Any]]]:
     """Split name -> binarized rows (chat messages as lists of dicts), in ``split_binarized`` order.
     For small data; large readers use :func:`iter_binarized`."""
-    from ultrafeedback.tasks.publish.publish import binarized_features
+    from ultrafeedback.tasks.publish.features import binarized_features
 
     schema = binarized_features().arrow_schema
     return {
@@ -119,7 +119,7 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     pair count, drop counts and binarized keys come from footers and key columns. Its split files are
     rewritten only when the global split moved one of its rows.
     """
-    from ultrafeedback.tasks.publish.publish import binarized_features
+    from ultrafeedback.tasks.publish.features import binarized_features
 
     store = store_for(spec)
     schema = binarized_features().arrow_schema

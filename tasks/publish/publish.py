@@ -47,20 +47,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ultrafeedback.infra.store import Store
-from ultrafeedback.records import ASPECTS, TYPED_ASPECTS, Pair
+from ultrafeedback.records import Pair
 from ultrafeedback.tasks.pairs.shards import TableCursor, file_sha256
 from ultrafeedback.tasks.publish.card import render_card, scrub
+from ultrafeedback.tasks.publish.features import binarized_features, completions_features, pairs_features
+from ultrafeedback.tasks.publish.tables import as_frame, binarized_table, completions_table, conform, pairs_table
 
 if TYPE_CHECKING:
-    from datasets import Features
-
     from ultrafeedback.tasks.aggregate.aggregate import AggregateResult
 
 log = logging.getLogger(__name__)
@@ -79,214 +78,6 @@ CONFIG_SPLITS: dict[str, tuple[str, ...]] = {
     "pairs": ("train",),
     "binarized": ("train_prefs", "test_prefs"),
 }
-
-
-# --------------------------------------------------------------------------- features (schemas)
-
-
-def completions_features() -> Features:
-    """The openbmb/UltraFeedback record schema (reference §5), plus ``judge_model``/``judge_kind``
-    per completion and an instruction-level ``id``. Field order follows the published data."""
-    from datasets import Features, List, Value
-
-    text = Value("string")
-    plain = {"Rating": text, "Rationale": text}
-    typed_help = {"Rating": text, "Rationale": text, "Rationale For Rating": text, "Type": List(text)}
-    typed_truth = {"Type": List(text), "Rationale": text, "Rating": text, "Rationale For Rating": text}
-    completion = {
-        "model": text,
-        "principle": text,
-        "custom_system_prompt": text,
-        "response": text,
-        "annotations": {
-            "helpfulness": typed_help,
-            "honesty": plain,
-            "instruction_following": plain,
-            "truthfulness": typed_truth,
-        },
-        "critique": text,
-        "overall_score": Value("float64"),
-        "fine-grained_score": Value("float64"),
-        "judge_model": text,
-        "judge_kind": text,
-    }
-    return Features(
-        {
-            "source": text,
-            "instruction": text,
-            "models": List(text),
-            "completions": List(completion),
-            "correct_answers": List(text),
-            "incorrect_answers": List(text),
-            "id": text,
-        }
-    )
-
-
-def pairs_features() -> Features:
-    """The Pair record as Features (strings and float64 scores)."""
-    from datasets import Features, Value
-
-    kinds = {"str": "string", "float": "float64"}
-    return Features({name: Value(kinds[info.annotation.__name__]) for name, info in Pair.model_fields.items()})
-
-
-def binarized_features() -> Features:
-    """TRL / HuggingFaceH4 binarized format: chat message lists with ``content`` and ``role``."""
-    from datasets import Features, List, Value
-
-    text = Value("string")
-    messages = List({"content": text, "role": text})
-    return Features(
-        {
-            "prompt": text,
-            "prompt_id": text,
-            "chosen": messages,
-            "rejected": messages,
-            "messages": messages,
-            "score_chosen": Value("float64"),
-            "score_rejected": Value("float64"),
-            "chosen_model": text,
-            "rejected_model": text,
-            "source": text,
-            "instruction_id": text,
-            "chosen_id": text,
-            "rejected_id": text,
-        }
-    )
-
-
-# --------------------------------------------------------------------------- tables
-
-
-def _aspect_sources(aspect: str) -> dict[str, str]:
-    """Where each field of one aspect's annotation struct comes from in a ScoredCompletion row.
-
-    In the published schema a typed aspect's ``Rationale`` is the type rationale and
-    ``Rationale For Rating`` the rating's (reference §5).
-    """
-    if aspect not in TYPED_ASPECTS:
-        return {"Rating": f"{aspect}_rating", "Rationale": f"{aspect}_rationale"}
-    return {
-        "Rating": f"{aspect}_rating",
-        "Rationale": f"{aspect}_type_rationale",
-        "Rationale For Rating": f"{aspect}_rationale",
-        "Type": f"{aspect}_type",
-    }
-
-
-COMPLETION_SOURCES: dict[str, Any] = {
-    "model": "model",
-    "principle": "principle",
-    "custom_system_prompt": "system_prompt",
-    "response": "response",
-    "annotations": {aspect: _aspect_sources(aspect) for aspect in ASPECTS},
-    "critique": "critique",
-    "overall_score": "overall_score",
-    "fine-grained_score": "fine_grained_score",
-    "judge_model": "judge_model",
-    "judge_kind": "judge_kind",
-}
-"""Each field of a published completion, by the ScoredCompletion column it is read from."""
-
-INSTRUCTION_SOURCES: dict[str, str] = {
-    "source": "source",
-    "instruction": "instruction",
-    "models": "models",
-    "correct_answers": "correct_answers",
-    "incorrect_answers": "incorrect_answers",
-    "id": "instruction_id",
-}
-
-
-def _contiguous(values: pa.Array | pa.ChunkedArray, dtype: pa.DataType) -> pa.Array:
-    """One Arrow array of ``dtype``. Columns of multi-chunk tables (a concat of parts, a large read,
-    pandas' Arrow-backed strings) arrive as ChunkedArray, which ``StructArray.from_arrays`` and
-    ``ListArray.from_arrays`` refuse; they are combined into one array here."""
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    return values if values.type == dtype else values.cast(dtype)
-
-
-def _column(frame: pd.DataFrame, name: str, dtype: pa.DataType) -> pa.Array:
-    """A DataFrame column as an Arrow array of ``dtype`` (all nulls when the column is absent)."""
-    if name not in frame.columns:
-        return pa.nulls(len(frame), dtype)
-    return _contiguous(pa.array(frame[name], from_pandas=True), dtype)
-
-
-def _struct(frame: pd.DataFrame, dtype: pa.StructType, sources: Mapping[str, Any]) -> pa.StructArray:
-    arrays = [
-        _struct(frame, field.type, sources[field.name])
-        if isinstance(sources[field.name], Mapping)
-        else _column(frame, sources[field.name], field.type)
-        for field in dtype
-    ]
-    return pa.StructArray.from_arrays(arrays, fields=list(dtype))
-
-
-def _frame(table: pd.DataFrame | pa.Table) -> pd.DataFrame:
-    return table.to_pandas() if isinstance(table, pa.Table) else table
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table``'s columns in ``schema``'s order and types, with its metadata (chunks are kept)."""
-    columns = [table.column(field.name).cast(field.type) for field in schema]
-    return pa.Table.from_arrays(columns, schema=schema)
-
-
-def completions_table(scored: pd.DataFrame | pa.Table) -> pa.Table:
-    """ScoredCompletion rows grouped into openbmb/UltraFeedback records, one per instruction.
-
-    Completions are in slot order; ``models`` is the instruction's assigned model list (so a row
-    whose generation failed for one slot has fewer completions than models, as in the original).
-    Records are ordered by (source, id), as the original groups rows by source. Built column-wise
-    in Arrow (structs, then list offsets at instruction boundaries): 64k instructions take about a
-    second, where row-wise dicts took twenty.
-    """
-    from ultrafeedback.tasks.pairs.pairs import latest_rows
-
-    schema = completions_features().arrow_schema
-    frame = latest_rows(_frame(scored))
-    if frame.empty:
-        return schema.empty_table()
-    frame = frame.sort_values(["source", "instruction_id", "position", "completion_id"], kind="stable")
-    frame = frame.reset_index(drop=True)
-    ids = frame["instruction_id"].to_numpy(dtype=object)
-    starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])
-    offsets = pa.array(np.append(starts, len(frame)), type=pa.int32())
-    list_type = schema.field("completions").type
-    completions = pa.ListArray.from_arrays(offsets, _struct(frame, list_type.value_type, COMPLETION_SOURCES))
-    heads = frame.iloc[starts].reset_index(drop=True)
-    arrays = {name: _column(heads, column, schema.field(name).type) for name, column in INSTRUCTION_SOURCES.items()}
-    arrays["completions"] = completions.cast(list_type)
-    return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
-
-
-def completion_records(scored: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
-    """``completions_table`` as Python dicts (one openbmb/UltraFeedback record per instruction)."""
-    return completions_table(scored).to_pylist()
-
-
-def pairs_table(pairs: Sequence[Pair] | pd.DataFrame | pa.Table) -> pa.Table:
-    """Pair records (or a DataFrame or Arrow table of them) as an Arrow table with the pairs
-    features' schema."""
-    schema = pairs_features().arrow_schema
-    if isinstance(pairs, pa.Table):
-        return conform(pairs, schema)
-    if isinstance(pairs, pd.DataFrame):
-        arrays = [_column(pairs, field.name, field.type) for field in schema]
-    else:
-        arrays = [pa.array([getattr(p, field.name) for p in pairs], type=field.type) for field in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def binarized_table(rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
-    """Binarized rows (dicts, or an Arrow table of them) with exactly the binarized features' schema."""
-    schema = binarized_features().arrow_schema
-    if isinstance(rows, pa.Table):
-        return conform(rows, schema)
-    return pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
 
 
 # --------------------------------------------------------------------------- inputs and results
@@ -794,7 +585,7 @@ def publish_release(
             return PublishedRelease(root.uri(f"v{latest_version}"), latest_version, latest, created=False)
         splits, judge_counts = _stored_splits(store)
     else:
-        splits, judge_counts = _memory_splits(tables), _judge_counts(_frame(tables.scored))
+        splits, judge_counts = _memory_splits(tables), _judge_counts(as_frame(tables.scored))
     judges = _judges(judge_counts)
     inputs_hash = hashlib.sha256(
         json.dumps({**hashed_inputs, "judges": judges}, sort_keys=True, default=str, ensure_ascii=False).encode()
@@ -912,52 +703,3 @@ def _commit_local(root: _Root, staging: str, final: str, version: int) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-# --------------------------------------------------------------------------- the Hub
-
-
-def publish_to_hub(
-    release_uri: str,
-    repo_id: str,
-    token: str | None = None,
-    *,
-    private: bool = True,
-    storage_options: Mapping[str, Any] | None = None,
-    api: Any = None,
-) -> str:
-    """Upload a complete release folder to a Hub dataset repo and tag the commit ``v{N}``.
-
-    Files of earlier releases that this one does not have (e.g. a shard count that shrank) are
-    deleted in the same commit, so the card's ``data_files`` globs never pick up stale shards.
-    ``token`` is passed to ``HfApi`` only (None: the ``HF_TOKEN`` environment/login); it is never
-    logged or written. Returns the commit URL.
-    """
-    import tempfile
-
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(release_uri, **dict(storage_options or {}))
-    with fs.open(posixpath.join(path, MANIFEST), "rb") as handle:
-        manifest = json.loads(handle.read())
-    version = int(manifest["version"])
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="uf-hub-") as tmp:
-        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-        folder = path
-        if protocol not in ("file", "local"):
-            folder = os.path.join(tmp, f"v{version}")
-            fs.get(path.rstrip("/") + "/", folder, recursive=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            repo_type="dataset",
-            folder_path=folder,
-            commit_message=f"Release v{version} ({str(manifest.get('content_hash', ''))[:12]})",
-            delete_patterns=[f"{config}/*" for config in CONFIG_SPLITS],
-        )
-    api.create_tag(repo_id, tag=f"v{version}", repo_type="dataset", exist_ok=True)
-    return str(getattr(commit, "commit_url", commit))

@@ -10,7 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.common import run_logger, store_for
-from ultrafeedback.tasks.publish.publish import ShardedTables, publish_release, publish_to_hub
+from ultrafeedback.tasks.publish.hub import publish_to_hub
+from ultrafeedback.tasks.publish.publish import ShardedTables, publish_release
 
 HUB_TOKEN_ENV = "HF_TOKEN"
 

@@ -23,12 +23,12 @@ from ultrafeedback.tasks.aggregate.aggregate import aggregate  # noqa: E402
 from ultrafeedback.tasks.pairs.pairs import binarize, build_pairs, split_binarized  # noqa: E402
 from ultrafeedback.tasks.publish import publish as publish_module  # noqa: E402
 from ultrafeedback.tasks.publish.card import scrub, scrub_text  # noqa: E402
+from ultrafeedback.tasks.publish.hub import publish_to_hub  # noqa: E402
 from ultrafeedback.tasks.publish.publish import (  # noqa: E402
     ReleaseTables,
     completions_features,
     list_releases,
     publish_release,
-    publish_to_hub,
 )
 
 OPENBMB_TOP = ["source", "instruction", "models", "completions", "correct_answers", "incorrect_answers"]

@@ -25,20 +25,22 @@ from ultrafeedback.spec import Spec  # noqa: E402
 from ultrafeedback.tasks.pairs.pairs import binarize, build_pairs, split_binarized  # noqa: E402
 from ultrafeedback.tasks.pairs.task import pairs_task  # noqa: E402
 from ultrafeedback.tasks.publish import publish as publish_module  # noqa: E402
+from ultrafeedback.tasks.publish.features import completions_features  # noqa: E402
 from ultrafeedback.tasks.publish.publish import (  # noqa: E402
-    COMPLETION_SOURCES,
     ReleaseTables,
     ShardedTables,
     _ArrowSize,
+    list_releases,
+    publish_release,
+)
+from ultrafeedback.tasks.publish.tables import (  # noqa: E402
+    COMPLETION_SOURCES,
     _struct,
     binarized_table,
     completion_records,
-    completions_features,
     completions_table,
     conform,
-    list_releases,
     pairs_table,
-    publish_release,
 )
 
 ROWS = scored_rows(150, seed=11)
