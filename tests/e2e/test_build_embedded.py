@@ -40,5 +40,13 @@ def test_demo_spec_builds_on_the_cpu(prefect_harness, tmp_path):
             assert 1 <= completion["overall_score"] <= 10
     card = (Path(uri) / "README.md").read_text()
     assert "heuristic" in card.lower() and "not a model" in card.lower()
-    assert datasets.load_dataset(uri, name="pairs", split="train").num_rows >= 0
+    # every non-tied pair of each instruction's completions, by the fine-grained score (the spec's
+    # pairs.score), chosen strictly above rejected
+    expected = 0
+    for row in completions:
+        scores = [round(c["fine-grained_score"], 6) for c in row["completions"] if c["fine-grained_score"] is not None]
+        expected += sum(1 for i, a in enumerate(scores) for b in scores[i + 1 :] if a != b)
+    pairs = datasets.load_dataset(uri, name="pairs", split="train")
+    assert pairs.num_rows == expected
+    assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
     assert set(datasets.load_dataset(uri, name="binarized")) >= {"train_prefs"}
