@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -52,6 +52,7 @@ class Run:
         self._logs: dict[str, ResultLog] = {}
         self._lock = threading.Lock()
         self._worker_pool: Any = None
+        self._cache: dict[Any, Any] = {}
         self.facts: dict[str, Any] = {}
         """whole-stage facts a later stage or gate needs (instruction count, quarantine, ...)"""
 
@@ -153,6 +154,38 @@ class Run:
         if not self.store.exists(path):
             return []
         return [CompletionRequest(**row) for row in self.store.read_table(path).to_pylist()]
+
+    def request_keys(self, shard: int) -> list[RequestKey]:
+        """The shard's requests by their key columns only (what planning from keys needs)."""
+        path = OUTPUTS["requests"].shard_path(shard)
+        if not self.store.exists(path):
+            return []
+        table = self.store.read_table(path, list(RequestKey._fields))
+        columns = (table.column(name).to_pylist() for name in RequestKey._fields)
+        return [RequestKey(*row) for row in zip(*columns, strict=True)]
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """A value computed once until ``clear_cache()`` (the flow's pre-check shares shard keys
+        between the stages it asks)."""
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = compute()
+        with self._lock:
+            self._cache[key] = value
+        return value
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+class RequestKey(NamedTuple):
+    """A request's key columns."""
+
+    request_id: str
+    instruction_id: str
+    position: int
 
 
 def remove_stale_shards(store: Store, name: str, keep: set[int]) -> None:
@@ -286,6 +319,9 @@ class Stage:
             with that shard (the flow runs such stages as one pipeline per shard).
         gates: the suites that check its output.
         run_shard: ``(run, shard) -> ShardReport``.
+        done: ``(run, shard) -> bool``, from key columns and fingerprints only: True when the stage
+            has nothing to do for the shard. The flow does not start a shard whose every stage in a
+            pipeline is done (a no-op rerun then costs no task at all).
     """
 
     name: str
@@ -295,6 +331,7 @@ class Stage:
     run_shard: Callable[[Run, int], ShardReport]
     overlap: bool = False
     gates: tuple[Gate, ...] = ()
+    done: Callable[[Run, int], bool] | None = None
 
     def __post_init__(self) -> None:
         for name in (*self.reads, *self.writes):

@@ -41,6 +41,12 @@ def run_annotate(run: Run, shard: int) -> ShardReport:
     return report
 
 
+def annotate_done(run: Run, shard: int) -> bool:
+    from ultrafeedback.tasks.score.task import annotate_done as done
+
+    return done(run, shard)
+
+
 ANNOTATE = Stage(
     name="annotate",
     reads=("instructions", "requests", "completions", "annotations", "critiques"),
@@ -48,4 +54,5 @@ ANNOTATE = Stage(
     sharded=True,
     overlap=True,
     run_shard=run_annotate,
+    done=annotate_done,
 )

@@ -27,6 +27,16 @@ def assign_config(spec: Spec) -> Any:
     ]
 
 
+def _digest(run: Run, shard: int) -> str:
+    """What the shard's requests file must have been computed from."""
+    instructions = run.store.fingerprint(OUTPUTS["instructions"].shard_path(shard))
+    return fingerprint("requests", instructions, assign_config(run.spec), shard)
+
+
+def assign_done(run: Run, shard: int) -> bool:
+    return run.store.fingerprint(OUTPUTS["requests"].shard_path(shard)) == _digest(run, shard)
+
+
 def run_assign(run: Run, shard: int) -> ShardReport:
     """Write ``requests/shard-NNNNN.parquet`` for the shard's instructions.
 
@@ -36,9 +46,7 @@ def run_assign(run: Run, shard: int) -> ShardReport:
     """
     report = ShardReport(stage="assign", shard=shard)
     path = OUTPUTS["requests"].shard_path(shard)
-    digest = fingerprint(
-        "requests", run.store.fingerprint(OUTPUTS["instructions"].shard_path(shard)), assign_config(run.spec), shard
-    )
+    digest = _digest(run, shard)
     if run.store.fingerprint(path) == digest:
         report.skipped = True
         return report
@@ -64,5 +72,6 @@ ASSIGN = Stage(
     writes=("requests",),
     sharded=True,
     run_shard=run_assign,
+    done=assign_done,
     gates=(Gate("assign", shard_file_rows("requests"), summary=_summary),),
 )

@@ -85,9 +85,7 @@ def generate_shard(
     results = results or store.results(STAGE, Completion, key="request_id")
     failures = failures or failure_log(store, STAGE)
     lock = threading.Lock()
-    with Checkpointer(
-        results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)
-    ) as checkpoint:
+    with Checkpointer(results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)) as checkpoint:
 
         def on_result(result: LLMResult, backend_name: str) -> None:
             original = originals[result.key]

@@ -37,7 +37,7 @@ def run_generate(run: Run, shard: int) -> ShardReport:
 def present_ids(run: Run, shard: int) -> list[str]:
     """The shard's request ids that have a stored completion, in request order."""
     done = run.log("completions").index()
-    return [r.request_id for r in run.requests(shard) if r.request_id in done]
+    return [r.request_id for r in run.request_keys(shard) if r.request_id in done]
 
 
 def _gate_rows(run: Run, shard: int) -> Any:
@@ -52,7 +52,7 @@ def _summary(run: Run) -> list[Any]:
     done = run.log("completions").index()
     total = good = 0
     for shard in run.shards():
-        requests = run.requests(shard)
+        requests = run.request_keys(shard)
         total += len(requests)
         good += sum(1 for r in requests if r.request_id in done)
     gates = run.spec.gates
@@ -63,11 +63,19 @@ def _summary(run: Run) -> list[Any]:
     ]
 
 
+def generate_done(run: Run, shard: int) -> bool:
+    """Every request of the shard has a stored completion (key columns only)."""
+    from ultrafeedback.tasks.score.task import generate_done as done
+
+    return done(run, shard)
+
+
 GENERATE = Stage(
     name="generate",
     reads=("instructions", "requests", "completions"),
     writes=("completions",),
     sharded=True,
     run_shard=run_generate,
+    done=generate_done,
     gates=(Gate("generate", _gate_rows, summary=_summary),),
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.records import Instruction
+from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.stages import (
     Gate,
     Run,
@@ -41,24 +44,70 @@ def write_instruction_shards(run: Run, instructions: list[Instruction]) -> list[
     return shards
 
 
+INGEST_FACTS = "ingest/facts.json"
+"""What the last ingest found (counts, quarantine examples) and the fingerprint of its inputs."""
+
+
+def inputs_fingerprint(spec: Spec) -> str | None:
+    """The fingerprint of everything ingest reads: the spec's sources and ingest settings, the seed,
+    the shard size, the bytes of every source and benchmark file, and the ingest code. None when a
+    source is a Hugging Face dataset (its content cannot be fingerprinted without loading it)."""
+    from ultrafeedback.tasks.ingest.loaders import _filesystem, resolve_files
+
+    if any(source.loader == "hf" for source in spec.sources):
+        return None
+    digests = []
+    for source in spec.sources:
+        fs, files = resolve_files(spec, source)
+        digests += [(path, _sha256(fs, path)) for path in files]
+    for entry in spec.ingest.decontaminate:
+        fs, path = _filesystem(spec, spec.resolve_path(entry))
+        digests.append((path, _sha256(fs, path)))
+    code = Path(__file__).parent
+    return fingerprint(
+        "ingest",
+        spec.model_dump(mode="json", include={"seed", "sources", "ingest"}),
+        spec.execution.shard_size,
+        digests,
+        [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in ("ingest.py", "dedup.py", "loaders.py")],
+    )
+
+
+def _sha256(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_ingest(run: Run, shard: int) -> ShardReport:
-    """Load, normalise, quarantine, deduplicate and sample every source; write the shards."""
+    """Load, normalise, quarantine, deduplicate and sample every source; write the shards. When
+    the inputs are the ones the stored instructions were made from, nothing is read again."""
     from ultrafeedback.tasks.ingest.ingest import ingest
 
     report = ShardReport(stage="ingest", shard=shard)
     store = run.store
+    digest = inputs_fingerprint(run.spec)
+    kept = store.read_json(INGEST_FACTS)
+    if digest is not None and kept and kept.get("fingerprint") == digest and run.shards() == kept["facts"]["shards"]:
+        run.facts.update(kept["facts"])
+        report.skipped = True
+        return report
     result = ingest(run.spec)
     shards = write_instruction_shards(run, result.instructions)
     store.log("quarantine").replace(result.quarantined)
     store.log("dropped").replace(result.dropped)
     store.write_json("ingest/stats.json", result.stats)
-    run.facts.update(
-        instructions=len(result.instructions),
-        quarantined=len(result.quarantined),
-        dropped=len(result.dropped),
-        quarantine_examples=[q.model_dump() for q in result.quarantined[:5]],
-        shards=shards,
-    )
+    facts = {
+        "instructions": len(result.instructions),
+        "quarantined": len(result.quarantined),
+        "dropped": len(result.dropped),
+        "quarantine_examples": [q.model_dump() for q in result.quarantined[:5]],
+        "shards": shards,
+    }
+    run.facts.update(facts)
+    store.write_json(INGEST_FACTS, {"fingerprint": digest, "facts": facts})
     report.succeeded = len(result.instructions)
     return report
 

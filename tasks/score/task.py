@@ -4,6 +4,7 @@ into ``scored/shard-NNNNN.parquet``, recomputed only when the stored results it 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -42,24 +43,38 @@ def _scoring_code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def _score_inputs(run: Run, shard: int) -> tuple[str, list[str], list[str], list[str]]:
-    """(fingerprint, completion ids, annotation keys, critique keys) of one shard's scored file:
-    the stored results it joins, found from key columns alone."""
+@dataclass(frozen=True)
+class ShardKeys:
+    """One shard's state from key columns alone: which completions and judge results it has, which
+    judge results the current spec asks for, and the fingerprint its scored file must carry."""
+
+    requests: int
+    present: list[str]
+    annotation_keys: list[str]
+    critique_keys: list[str]
+    missing_judge_results: int
+    digest: str
+
+
+def shard_keys(run: Run, shard: int) -> ShardKeys:
     spec = run.spec
-    requests = run.requests(shard)
+    requests = run.request_keys(shard)
     completions = run.log("completions").index()
     present = [r.request_id for r in requests if r.request_id in completions]
     annotations = run.log(ANNOTATIONS).index()
-    annotation_keys = [
+    wanted = [
         key
         for instruction_id, available in available_by_instruction(requests, set(present)).items()
         for key, _ in aspect_keys(spec, instruction_id, available).values()
-        if key in annotations
     ]
+    annotation_keys = [key for key in wanted if key in annotations]
     critique_keys: list[str] = []
+    missing = len(wanted) - len(annotation_keys)
     if spec.judge.critique:
         critiques = run.log(CRITIQUES).index()
-        critique_keys = [k for k in (critique_key_for(spec, i) for i in present) if k in critiques]
+        wanted = [critique_key_for(spec, i) for i in present]
+        critique_keys = [key for key in wanted if key in critiques]
+        missing += len(wanted) - len(critique_keys)
     digest = fingerprint(
         "scored",
         run.store.fingerprint(OUTPUTS["instructions"].shard_path(shard)),
@@ -73,30 +88,51 @@ def _score_inputs(run: Run, shard: int) -> tuple[str, list[str], list[str], list
         spec.judge.critique,
         _scoring_code_version(),
     )
-    return digest, present, annotation_keys, critique_keys
+    return ShardKeys(len(requests), present, annotation_keys, critique_keys, missing, digest)
+
+
+def cached_shard_keys(run: Run, shard: int) -> ShardKeys:
+    """``shard_keys``, shared by the stages the flow asks whether a shard is done."""
+    return run.cached(("shard_keys", shard), lambda: shard_keys(run, shard))
+
+
+def generate_done(run: Run, shard: int) -> bool:
+    keys = cached_shard_keys(run, shard)
+    return len(keys.present) == keys.requests
+
+
+def annotate_done(run: Run, shard: int) -> bool:
+    return cached_shard_keys(run, shard).missing_judge_results == 0
+
+
+def score_done(run: Run, shard: int) -> bool:
+    return run.store.fingerprint(OUTPUTS["scored"].shard_path(shard)) == cached_shard_keys(run, shard).digest
 
 
 def run_score(run: Run, shard: int) -> ShardReport:
     """Join the shard's instructions, requests, completions, ratings and critiques into
     ``scored/shard-NNNNN.parquet`` (skipped when its inputs are unchanged)."""
-
     report = ShardReport(stage="score", shard=shard)
     path = OUTPUTS["scored"].shard_path(shard)
-    digest, present, annotation_keys, critique_keys = _score_inputs(run, shard)
-    if run.store.fingerprint(path) == digest:
+    keys = shard_keys(run, shard)
+    if run.store.fingerprint(path) == keys.digest:
         report.skipped = True
         return report
 
     def located() -> dict[str, dict[str, list[str]]]:
         return {
-            name: run.log(name).locate(keys)
-            for name, keys in (("completions", present), (ANNOTATIONS, annotation_keys), (CRITIQUES, critique_keys))
+            name: run.log(name).locate(wanted)
+            for name, wanted in (
+                ("completions", keys.present),
+                (ANNOTATIONS, keys.annotation_keys),
+                (CRITIQUES, keys.critique_keys),
+            )
         }
 
     try:  # the join is seconds of Python: off the process whose event loop drives the API calls
-        report.succeeded = run.offload(score_shard, run.spec, shard, digest, located())
+        report.succeeded = run.offload(score_shard, run.spec, shard, keys.digest, located())
     except FileNotFoundError:  # a part was compacted between locating and reading: locate again here
-        report.succeeded = score_shard(run.spec, shard, digest, located())
+        report.succeeded = score_shard(run.spec, shard, keys.digest, located())
     return report
 
 
@@ -134,7 +170,7 @@ def _summary(run: Run) -> list[Any]:
     from ultrafeedback.expectations.summary import count_check, unique_keys_check
 
     completions = run.log("completions").index()
-    expected = sum(1 for s in run.shards() for r in run.requests(s) if r.request_id in completions)
+    expected = sum(1 for s in run.shards() for r in run.request_keys(s) if r.request_id in completions)
     ids = run.column("scored", "completion_id")
     return [count_check("row count", len(ids), low=expected, high=expected), unique_keys_check("completion_id", ids)]
 
@@ -146,5 +182,6 @@ SCORE = Stage(
     sharded=True,
     overlap=True,
     run_shard=run_score,
+    done=score_done,
     gates=(Gate("annotate", shard_file_rows("scored"), summary=_summary),),
 )

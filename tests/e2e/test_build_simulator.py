@@ -157,13 +157,21 @@ def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_
     written = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet") if "releases" not in p.parts}
     gate_runs = []
     import ultrafeedback.expectations.gate as gate_module
+    import ultrafeedback.flows.build as flow_module
+    import ultrafeedback.tasks.ingest.ingest as ingest_module
 
-    real_run_gate = gate_module.run_gate
+    real_run_gate, real_ingest, real_submit = gate_module.run_gate, ingest_module.ingest, flow_module.shard_task.submit
+    ingested, tasks = [], []
     gate_module.run_gate = lambda *a, **k: gate_runs.append(a[0]) or real_run_gate(*a, **k)
+    ingest_module.ingest = lambda *a, **k: ingested.append(1) or real_ingest(*a, **k)
+    flow_module.shard_task.submit = lambda *a, **k: tasks.append(a[1:3]) or real_submit(*a, **k)
     try:
         assert run_build(spec_path) == uri
     finally:
-        gate_module.run_gate = real_run_gate
+        gate_module.run_gate, ingest_module.ingest = real_run_gate, real_ingest
+        flow_module.shard_task.submit = real_submit
+    assert ingested == [], "a rerun on unchanged sources read them again"
+    assert tasks == [], f"a no-op rerun started shard tasks {tasks}"
     assert sim.stats()["total"] == first["total"], "a rerun of a finished build sent requests"
     assert releases(tmp_path) == ["v1"]
     # a no-op rerun rewrites no shard file and no result part, and re-validates only the one

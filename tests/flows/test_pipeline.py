@@ -121,3 +121,19 @@ def test_a_crashed_shard_stops_new_shards_and_keeps_the_finished_reports(prefect
     assert 5 not in started  # no shard starts after the crash
     assert 1 not in {n for _, s, n, w in rec.events if s == "annotate"}  # nor does the crashed one go on
     assert summary.issued["generate"] == 2 * (len(started) - 1)
+
+
+def test_a_shard_whose_every_stage_is_done_starts_no_task(prefect_harness, tmp_path):
+    rec = Recorder()
+    finished = {1, 3}
+
+    def done(run: Run, shard: int) -> bool:
+        return shard in finished
+
+    stage_list = [Stage(**{**vars(stage), "done": done}) for stage in fake_stages(rec)]
+    run = make_run(tmp_path, 2, stage_list, 4, "done")
+    summary = BuildSummary()
+    pipeline(run, summary)
+    started = {n for _, s, n, w in rec.events if w == "start"}
+    assert started == {0, 2}
+    assert summary.issued == {"generate": 4, "annotate": 2}
