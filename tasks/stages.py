@@ -53,6 +53,7 @@ class Run:
         self._lock = threading.Lock()
         self._worker_pool: Any = None
         self._cache: dict[Any, Any] = {}
+        self._shards: list[int] | None = None
         self.facts: dict[str, Any] = {}
         """whole-stage facts a later stage or gate needs (instruction count, quarantine, ...)"""
 
@@ -127,13 +128,19 @@ class Run:
 
     # ------------------------------------------------------------------ shards
     def shards(self) -> list[int]:
-        """The shard numbers of the current instructions (one file each, written by ingest)."""
-        folder = OUTPUTS["instructions"].folder
-        return sorted(
-            int(name[len("shard-") : -len(".parquet")])
-            for name in self.store.ls(folder)
-            if name.startswith("shard-") and name.endswith(".parquet")
-        )
+        """The shard numbers of the current instructions (one file each, written by ingest); listed
+        once, then kept until ingest says otherwise (``set_shards``)."""
+        if self._shards is None:
+            folder = OUTPUTS["instructions"].folder
+            self._shards = sorted(
+                int(name[len("shard-") : -len(".parquet")])
+                for name in self.store.ls(folder)
+                if name.startswith("shard-") and name.endswith(".parquet")
+            )
+        return list(self._shards)
+
+    def set_shards(self, shards: list[int]) -> None:
+        self._shards = sorted(shards)
 
     def column(self, name: str, column: str) -> list[Any]:
         """One column of a sharded output over every current shard (key columns: cheap)."""

@@ -96,6 +96,7 @@ def run_ingest(run: Run, shard: int) -> ShardReport:
         return report
     result = ingest(run.spec)
     shards = write_instruction_shards(run, result.instructions)
+    run.set_shards(shards)
     store.log("quarantine").replace(result.quarantined)
     store.log("dropped").replace(result.dropped)
     store.write_json("ingest/stats.json", result.stats)
