@@ -249,9 +249,6 @@ class ResultLog:
     def keys(self) -> set[str]:
         return set(self.index())
 
-    def has(self, key: str) -> bool:
-        return key in self.index()
-
     def locate(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """Part name -> the given keys whose latest row it holds (keys not stored are left out)."""
         index = self.index()

@@ -1,18 +1,12 @@
-"""Reading the store's stage tables back as records (shared by the stage tasks and the flow)."""
+"""The spec's store, the run logger, and reading requests back for small data."""
 
 from __future__ import annotations
 
 import logging
 
-import pandas as pd
-
 from ultrafeedback.infra.store import Store
-from ultrafeedback.records import CompletionRequest, ScoredCompletion
+from ultrafeedback.records import CompletionRequest
 from ultrafeedback.spec import Spec
-
-INSTRUCTIONS = "instructions"
-REQUESTS = "requests"
-SCORED = "scored"
 
 
 def store_for(spec: Spec) -> Store:
@@ -30,11 +24,7 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("ultrafeedback")
 
 
-def read_scored(store: Store) -> pd.DataFrame:
-    """The scored completions (one row per completion id)."""
-    return store.results(SCORED, ScoredCompletion, key="completion_id").read().to_pandas()
-
-
 def read_requests(store: Store) -> list[CompletionRequest]:
-    table = store.results(REQUESTS, CompletionRequest, key="request_id").read()
+    """Every current request (all shards), for small data and tests."""
+    table = store.log("requests").read()
     return [CompletionRequest(**row) for row in table.to_pylist()]

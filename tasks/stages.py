@@ -16,7 +16,6 @@ every unchanged shard and a no-op rerun reads key columns and Parquet footers on
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import pyarrow as pa
 
-from ultrafeedback.infra.store import ResultLog, Store, rows_table
+from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.keys import content_key
 from ultrafeedback.outputs import OUTPUTS, output
 from ultrafeedback.records import CompletionRequest, Instruction
@@ -353,22 +352,6 @@ def file_rows(run: Run, path: str) -> tuple[str, Callable[[], pd.DataFrame]]:
 def shard_file_rows(name: str) -> GateRows:
     """The gate rows of a sharded output: each shard's file."""
     return lambda run, shard: file_rows(run, OUTPUTS[name].shard_path(shard))
-
-
-def _table_frame(table: pa.Table) -> pd.DataFrame:
-    return table.to_pandas()
-
-
-def records_frame(rows: list[Any], model: type) -> pd.DataFrame:
-    return _table_frame(rows_table(rows, model))
-
-
-def timed(stage: str, shard: int, body: Callable[[ShardReport], None]) -> ShardReport:
-    report = ShardReport(stage=stage, shard=shard)
-    started = time.monotonic()
-    body(report)
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def stages() -> list[Stage]:

@@ -11,7 +11,7 @@ from ultrafeedback.infra.dask_cluster import dask_client
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.aggregate.aggregate import aggregate
-from ultrafeedback.tasks.common import SCORED, run_logger, store_for
+from ultrafeedback.tasks.common import run_logger, store_for
 from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
 
 AGGREGATE_JSON = "aggregate/aggregate.json"
@@ -54,7 +54,7 @@ def aggregate_scored(spec: Spec) -> dict[str, Any]:
     to ``aggregate/aggregate.json`` in the store.
     """
     store = store_for(spec)
-    path = store.uri(SCORED) + "/*.parquet"
+    path = store.uri(OUTPUTS["scored"].folder) + "/*.parquet"
     with dask_client(spec.execution.dask_address, spec.execution.dask_workers) as client:
         result = aggregate(path, spec.execution.storage_options, client, pair_score=spec.pairs.score)
     data = result.to_dict()

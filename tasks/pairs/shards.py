@@ -31,11 +31,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ultrafeedback.infra.store import Store
+from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.records import ScoredCompletion
 
-SCORED = "scored"
-PAIRS = "pairs"
-BINARIZED = "binarized"
+SCORED = OUTPUTS["scored"].folder
+PAIRS = OUTPUTS["pairs"].folder
+BINARIZED = OUTPUTS["binarized"].folder
 SPLITS: tuple[str, str] = ("train_prefs", "test_prefs")
 UNSPLIT = f"{BINARIZED}/.unsplit"
 """The pairs stage's scratch folder: binarized rows before the (global) split is known."""
