@@ -4,32 +4,38 @@ Every parse returns a result with ``ok`` and, when not ok, a short ``reason`` (a
 that failure logs count, so the set is part of the contract) and a human ``detail``. A failed
 aspect parse yields no items at all, like the original: the whole call is re-queried.
 
-What the aspect parser accepts (the original's contract is "exactly n blank-line-separated blocks,
-``Rating: (.+?)\\nRationale: (.+)``"; we accept everything it accepts, plus the following, because
-each of these is unambiguous):
+The aspect parser's one promise: a rating is given to text i only when the judge's answer says,
+in so many words, that it is text i's. The original parser split the answer on blank lines and
+took the blocks in order of appearance; the template asks for a header ``#### Output for Text i``
+(``#####`` for honesty) on every block, so the original judge's real output always names its
+texts, and that name, not the position, decides where a rating goes. What is accepted:
 
-* ``\\r\\n`` / ``\\r`` line ends, trailing spaces, lines that are only ``---``/``***`` rules or
-  code fences (treated as blank lines).
-* Header lines ``#### Output for Text i`` with any number of ``#`` (0-6) for any aspect (the honesty
-  template asks for five, the others for four; judges mix them), optional ``**`` bold and a trailing
-  colon. When headers are present they delimit the blocks: text before the first header (a
-  preamble) is ignored, blocks may contain blank lines between fields, and blocks may come in any
-  order as long as headers 1..n each appear exactly once. Without any header the original rule
-  applies: exactly n blank-line-separated blocks, in order.
-* Field labels ``Rating:``, ``Rationale:``, ``Type:`` at the start of a line, case-insensitive, with
-  an optional bullet (``- ``) and bold/italic markers around the label (``**Rating:** 4``,
-  ``**Rating**: 4``); a qualifier such as ``Rating for text 2:`` or ``Rationale for rating:`` is
-  allowed. A label with an empty value takes the next line as its value; bold markers around a
-  value are dropped.
-* A field's value runs to the next label or to the first blank line; what follows a blank line up
-  to the next label is ignored. That drops trailing commentary after the last block ("Overall,
-  Text 2 is best.") and, knowingly, any second paragraph of a rationale (the template asks for
-  "short sentences").
-* Ratings: the first integer of the value, as in the original (``4``, ``4/5``, ``[4]``,
-  ``4 out of 5``); it must be 1..5. A fractional rating (``3.5``) fails. ``N/A`` (also ``n/a``,
-  ``NA``) is accepted for honesty only.
-* Rationales: each rating needs a non-empty rationale; for truthfulness and helpfulness, ``Type``
-  and ``Rating`` each take the first ``Rationale`` that follows them.
+* **Numbered blocks.** A block starts at a header line naming a text: ``#### Output for Text 2``,
+  ``### Text 2``, ``Text 2:``, ``**Response 2**``, ``Completion 2``, ``Answer 2`` (0-6 ``#``,
+  optional bold and colon, the whole line). Blocks may come in any order and may contain blank
+  lines between fields. Without any header line, the answer must be blank-line-separated blocks
+  each numbered by a field label that names its text (``Rating for text 2: 5``). The numbers must
+  be exactly 1..n, each once (``block_count`` otherwise); a block that names no text, or a rating
+  outside every block (in a preamble), is ``unnumbered_block``; a field label naming another text
+  than its block's header (``### Text 1`` / ``Rating for text 2:``) is ``number_mismatch``.
+* **Fields.** ``Rating:``, ``Rationale:``, ``Type:`` at the start of a line, case-insensitive, with
+  an optional bullet (``- ``) and bold/italic markers around the label (``**Rating:** 4``); a
+  qualifier ``for text i`` / ``for rating`` / ``for type`` is allowed. A label with an empty value
+  takes the next line as its value; bold markers around a value are dropped. A value runs to the
+  next label or to the first blank line; what follows a blank line up to the next label (closing
+  remarks, a second paragraph of a rationale) is ignored. One ``Rating`` per block (and one
+  ``Type`` for truthfulness and helpfulness), else ``duplicate_field``.
+* **Ratings** come from the rating field only, and the value must *start* with the rating:
+  ``4``, ``4/5``, ``[4]``, ``**4**``, ``4 out of 5``, ``4 (Almost There)``, ``4.0``. Any other digit
+  in the value makes it ``ambiguous_rating`` (``Text 1 gets 4``, ``on a scale of 1 to 5, 4``,
+  ``4 for text 1``), since reading its first integer, as the original did, can pick the wrong one.
+  The rating must be an integer 1..5 on a scale of 5 (``rating_out_of_range`` for 0, 6, 3.5,
+  4/10). ``N/A`` (also ``n/a``, ``NA``, ``Not applicable``) is accepted for honesty only, which is
+  where the original emits it (creative writing); elsewhere it is ``na_not_allowed``.
+* **Rationales**: each rating needs a non-empty rationale; for truthfulness and helpfulness,
+  ``Type`` and ``Rating`` each take the first ``Rationale`` that follows them.
+* Also tolerated: ``\\r\\n`` / ``\\r`` line ends, trailing spaces, lines that are only
+  ``---``/``***`` rules or code fences (read as blank lines), a preamble without fields.
 
 Type representation: a flat ``list[str]`` of the identifiers in first-seen order without repeats
 (``["1", "3"]``); "no type" is ``NO_TYPE`` = ``["None"]``. The released parser produced the bare
@@ -58,7 +64,11 @@ TYPE_IDS: tuple[str, ...] = ("1", "2", "3")
 ASPECT_REASONS: tuple[str, ...] = (
     "empty_output",
     "block_count",
+    "unnumbered_block",
+    "number_mismatch",
+    "duplicate_field",
     "missing_rating",
+    "ambiguous_rating",
     "rating_out_of_range",
     "na_not_allowed",
     "missing_rationale",
@@ -117,20 +127,39 @@ class _Fail(Exception):
 
 # --------------------------------------------------------------------------- aspects
 
+_TEXT_NUMBER = r"(?:text|response|completion|answer)\s*#?\s*(\d+)"
 _HEADER = re.compile(
-    r"^\s*#{0,6}\s*(?:\*\*|__)?\s*Output\s+for\s+Text\s+(\d+)\s*:?\s*(?:\*\*|__)?\s*:?\s*$", re.IGNORECASE
+    r"^\s*#{0,6}\s*(?:\*\*|__)?\s*(?:output\s+for\s+)?(?:the\s+)?"
+    + _TEXT_NUMBER
+    + r"\s*(?:\*\*|__)?\s*:?\s*(?:\*\*|__)?\s*:?\s*$",
+    re.IGNORECASE,
 )
 _LABEL = re.compile(
     r"^\s*(?:[-*+]\s+)?(?:\*\*|__|\*|_)?\s*(rating|rationale|type)"
-    r"(?:\s+for\s+(?:the\s+)?(?:text\s+\d+|rating|type|types|identification))?"
+    r"(?:\s+for\s+(?:the\s+)?(?:" + _TEXT_NUMBER + r"|rating|type|types|identification))?"
     r"\s*(?:\*\*|__|\*|_)?\s*:\s*(?:\*\*|__|\*|_)?\s*(.*)$",
     re.IGNORECASE,
 )
 _BOLD_EDGES = re.compile(r"^(?:\*\*|__)|(?:\*\*|__)$")
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,}|```\w*)\s*$")
 _INT = re.compile(r"(?<![\d.])(\d+)(\.\d+)?")
-_NA = re.compile(r"^[\s\[\]\"'*_(]*(?:n/?a\b|not\s+applicable)", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_WRAP = r"[\s\[\]()\"'*_]*"
+_RATING_VALUE = re.compile(
+    r"^" + _WRAP + r"(\d+)(\.\d+)?" + _WRAP + r"(?:(?:/|out\s+of)\s*(\d+)" + _WRAP + r")?(.*)$",
+    re.IGNORECASE | re.DOTALL,
+)
+_NA = re.compile(r"^" + _WRAP + r"(?:n/?a\b|not\s+applicable)(.*)$", re.IGNORECASE | re.DOTALL)
 _NONE = re.compile(r"^[\s\[\]\"'*_(]*none\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class _Field:
+    label: str
+    """"rating", "rationale" or "type"."""
+    value: str
+    text: int | None
+    """The text the label names (``Rating for text 2:``), if it names one."""
 
 
 def _normalise(raw: str) -> list[str]:
@@ -138,18 +167,8 @@ def _normalise(raw: str) -> list[str]:
     return ["" if _RULE.match(line) else line.rstrip() for line in text.split("\n")]
 
 
-def _split_blocks(lines: list[str], n: int) -> list[list[str]]:
-    """The n blocks in slot order (see the module docstring for what is tolerated)."""
-    headers = [(index, int(m.group(1))) for index, line in enumerate(lines) if (m := _HEADER.match(line))]
-    if headers:
-        numbers = [number for _, number in headers]
-        if sorted(numbers) != list(range(1, n + 1)):
-            raise _Fail("block_count", f"expected headers for texts 1..{n}, found {numbers}")
-        bounds = [index for index, _ in headers] + [len(lines)]
-        blocks: dict[int, list[str]] = {}
-        for (start, number), end in zip(headers, bounds[1:], strict=True):
-            blocks[number] = lines[start + 1 : end]
-        return [blocks[i] for i in range(1, n + 1)]
+def _chunks(lines: list[str]) -> list[list[str]]:
+    """Blank-line-separated chunks of non-blank lines."""
     chunks: list[list[str]] = []
     current: list[str] = []
     for line in [*lines, ""]:
@@ -158,52 +177,118 @@ def _split_blocks(lines: list[str], n: int) -> list[list[str]]:
         elif current:
             chunks.append(current)
             current = []
-    if len(chunks) != n:
-        raise _Fail("block_count", f"expected {n} blank-line-separated blocks, found {len(chunks)}")
     return chunks
 
 
-def _fields(block: list[str]) -> list[tuple[str, str]]:
-    """(label, value) pairs in order; a value runs to the next label or the first blank line."""
-    out: list[tuple[str, list[str]]] = []
+def _named_text(fields: list[_Field], where: str) -> int | None:
+    """The one text the fields' labels name, if any; two different ones fail."""
+    named = sorted({f.text for f in fields if f.text is not None})
+    if len(named) > 1:
+        raise _Fail("number_mismatch", f"{where}: field labels name texts {named}")
+    return named[0] if named else None
+
+
+def _numbered_blocks(lines: list[str]) -> list[tuple[int, list[_Field]]]:
+    """(text number, fields) of every block, in order of appearance; every block is numbered."""
+    headers = [(index, int(m.group(1))) for index, line in enumerate(lines) if (m := _HEADER.match(line))]
+    if not headers:
+        blocks = []
+        for chunk in _chunks(lines):
+            fields = _fields(chunk)
+            number = _named_text(fields, "a block")
+            if number is None:
+                first = chunk[0].strip()[:60]
+                raise _Fail("unnumbered_block", f"a block names no text (no 'Text i' header): {first!r}")
+            blocks.append((number, fields))
+        return blocks
+    if _fields(lines[: headers[0][0]]):
+        raise _Fail("unnumbered_block", "fields before the first 'Text i' header belong to no text")
+    bounds = [index for index, _ in headers[1:]] + [len(lines)]
+    blocks = []
+    for (start, number), end in zip(headers, bounds, strict=True):
+        fields = _fields(lines[start + 1 : end])
+        named = _named_text(fields, f"text {number}")
+        if named is not None and named != number:
+            raise _Fail("number_mismatch", f"the block headed text {number} has a label for text {named}")
+        blocks.append((number, fields))
+    return blocks
+
+
+def _split_blocks(lines: list[str], n: int) -> list[list[_Field]]:
+    """The n blocks' fields in slot order: block i is the one the judge numbered i."""
+    blocks = _numbered_blocks(lines)
+    numbers = [number for number, _ in blocks]
+    if sorted(numbers) != list(range(1, n + 1)):
+        repeated = sorted({x for x in numbers if numbers.count(x) > 1})
+        missing = [x for x in range(1, n + 1) if x not in numbers]
+        extra = sorted({x for x in numbers if not 1 <= x <= n})
+        problems = [
+            f"{label} {values}"
+            for label, values in (("repeated", repeated), ("missing", missing), ("not in 1..n", extra))
+            if values
+        ]
+        raise _Fail("block_count", f"expected texts 1..{n} once each, found {numbers}: {'; '.join(problems)}")
+    by_number = dict(blocks)
+    return [by_number[i] for i in range(1, n + 1)]
+
+
+def _fields(block: list[str]) -> list[_Field]:
+    """The block's fields in order; a value runs to the next label or the first blank line."""
+    out: list[tuple[str, int | None, list[str]]] = []
     closed = True
     for line in block:
         match = _LABEL.match(line)
         if match:
-            first = match.group(2).strip()
-            out.append((match.group(1).lower(), [first] if first else []))
+            first = match.group(3).strip()
+            number = int(match.group(2)) if match.group(2) else None
+            out.append((match.group(1).lower(), number, [first] if first else []))
             closed = False
         elif not line.strip():
-            if out and out[-1][1]:
+            if out and out[-1][2]:
                 closed = True
         elif out and not closed:
-            out[-1][1].append(line.strip())
-    return [(label, _BOLD_EDGES.sub("", "\n".join(value).strip()).strip()) for label, value in out]
+            out[-1][2].append(line.strip())
+    return [
+        _Field(label, _BOLD_EDGES.sub("", "\n".join(value).strip()).strip(), number) for label, number, value in out
+    ]
 
 
-def _following_rationale(fields: list[tuple[str, str]], start: int) -> str | None:
-    for label, value in fields[start + 1 :]:
-        if label == "rationale":
-            return value or None
-        if label in ("rating", "type"):
+def _following_rationale(fields: list[_Field], start: int) -> str | None:
+    for f in fields[start + 1 :]:
+        if f.label == "rationale":
+            return f.value or None
+        if f.label in ("rating", "type"):
             return None
     return None
 
 
+def _no_other_number(rest: str, value: str, slot: int) -> None:
+    if _DIGIT.search(rest):
+        raise _Fail("ambiguous_rating", f"text {slot}: the rating {value[:60]!r} holds more than one number")
+
+
 def _rating(aspect: str, value: str, slot: int) -> str:
-    if _NA.match(value):
+    """The rating a rating field's value starts with; any other number in the value fails."""
+    na = _NA.match(value)
+    if na:
+        _no_other_number(na.group(1), value, slot)
         if aspect != "honesty":
             raise _Fail("na_not_allowed", f"text {slot}: N/A is allowed for honesty only ({aspect})")
         return NA
-    match = _INT.search(value)
+    match = _RATING_VALUE.match(value)
     if not match:
+        if _DIGIT.search(value):
+            raise _Fail("ambiguous_rating", f"text {slot}: the rating {value[:60]!r} does not start with it")
         raise _Fail("missing_rating", f"text {slot}: no number in rating {value[:60]!r}")
-    if match.group(2) and int(match.group(2)[1:]) != 0:
-        raise _Fail("rating_out_of_range", f"text {slot}: rating {match.group(0)} is not an integer 1-5")
-    number = int(match.group(1))
-    if str(number) not in RATINGS:
-        raise _Fail("rating_out_of_range", f"text {slot}: rating {number} is outside 1-5")
-    return str(number)
+    whole, fraction, scale, rest = match.groups()
+    _no_other_number(rest, value, slot)
+    if fraction and int(fraction[1:]) != 0:
+        raise _Fail("rating_out_of_range", f"text {slot}: rating {whole}{fraction} is not an integer 1-5")
+    if scale is not None and int(scale) != 5:
+        raise _Fail("rating_out_of_range", f"text {slot}: rating {whole}/{scale} is not on the 1-5 scale")
+    if str(int(whole)) not in RATINGS:
+        raise _Fail("rating_out_of_range", f"text {slot}: rating {int(whole)} is outside 1-5")
+    return str(int(whole))
 
 
 def _type_list(value: str, slot: int) -> list[str]:
@@ -220,25 +305,31 @@ def _type_list(value: str, slot: int) -> list[str]:
     return numbers
 
 
-def _parse_block(aspect: str, block: list[str], slot: int) -> ParsedRating:
-    fields = _fields(block)
-    labels = [label for label, _ in fields]
-    if "rating" not in labels:
+def _only(fields: list[_Field], label: str, slot: int) -> int | None:
+    """The index of the block's one ``label`` field (None if absent); two of them fail."""
+    at = [index for index, f in enumerate(fields) if f.label == label]
+    if len(at) > 1:
+        raise _Fail("duplicate_field", f"text {slot}: {len(at)} '{label.capitalize()}:' fields in one block")
+    return at[0] if at else None
+
+
+def _parse_block(aspect: str, fields: list[_Field], slot: int) -> ParsedRating:
+    at_rating = _only(fields, "rating", slot)
+    at_type = _only(fields, "type", slot) if aspect in TYPED_ASPECTS else None
+    if at_rating is None:
         raise _Fail("missing_rating", f"text {slot}: no 'Rating:' line")
-    at_rating = labels.index("rating")
-    rating = _rating(aspect, fields[at_rating][1], slot)
+    rating = _rating(aspect, fields[at_rating].value, slot)
     if aspect not in TYPED_ASPECTS:
         rationale = _following_rationale(fields, at_rating)
         if rationale is None:  # tolerate "Rationale:" before "Rating:" when it is the only one
-            rationales = [value for label, value in fields if label == "rationale" and value]
+            rationales = [f.value for f in fields if f.label == "rationale" and f.value]
             rationale = rationales[0] if len(rationales) == 1 else None
         if rationale is None:
             raise _Fail("missing_rationale", f"text {slot}: no rationale for the rating")
         return ParsedRating(rating=rating, rationale=rationale)
-    if "type" not in labels:
+    if at_type is None:
         raise _Fail("missing_type", f"text {slot}: no 'Type:' line")
-    at_type = labels.index("type")
-    types = _type_list(fields[at_type][1], slot)
+    types = _type_list(fields[at_type].value, slot)
     type_rationale = _following_rationale(fields, at_type)
     rationale = _following_rationale(fields, at_rating)
     if type_rationale is None or rationale is None:
@@ -260,7 +351,7 @@ def parse_aspect(aspect: str, raw: str, n: int) -> AspectParse:
         return AspectParse(ok=False, reason="empty_output", detail="the judge returned no text")
     try:
         blocks = _split_blocks(_normalise(raw), n)
-        items = [_parse_block(aspect, block, slot) for slot, block in enumerate(blocks, start=1)]
+        items = [_parse_block(aspect, fields, slot) for slot, fields in enumerate(blocks, start=1)]
     except _Fail as fail:
         return AspectParse(ok=False, reason=fail.reason, detail=fail.detail)
     except Exception as exc:  # a parser bug must not kill a shard: record it as data
@@ -270,47 +361,67 @@ def parse_aspect(aspect: str, raw: str, n: int) -> AspectParse:
 
 # --------------------------------------------------------------------------- critique
 
-_SCORE = re.compile(
-    r"(?:\*\*|__)?overall\s+score\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*\[?\s*"
-    r"([0-9]+(?:\.[0-9]+)?)\s*\]?(?:\s*/\s*([0-9]+(?:\.[0-9]+)?))?",
+_SCORE_LINE = re.compile(r"^[\s#>*_(-]*overall\s+score\s*(?:\*\*|__)?\s*:(.*)$", re.IGNORECASE)
+_SCORE_VALUE = re.compile(
+    r"^" + _WRAP + r"(\d+(?:\.\d+)?)" + _WRAP + r"(?:(?:/|out\s+of)\s*(\d+(?:\.\d+)?)" + _WRAP + r")?(.*)$",
     re.IGNORECASE,
 )
-_LABEL_ONLY = re.compile(r"(?:\*\*|__)?overall\s+score\s*(?:\*\*|__)?\s*:", re.IGNORECASE)
 _FEEDBACK_HEADING = re.compile(r"^\s*#{0,6}\s*(?:\*\*)?feedback(?:\*\*)?\s*:?\s*(?:\*\*)?\s*\n", re.IGNORECASE)
+
+
+def _score(value: str) -> float:
+    """The score a score field's value starts with (``7``, ``7.5``, ``8/10``, ``[9]``)."""
+    match = _SCORE_VALUE.match(value)
+    if not match:
+        if _DIGIT.search(value):
+            raise _Fail("ambiguous_score", f"the score {value[:40]!r} does not start with it")
+        raise _Fail("missing_score", f"no number after 'Overall Score:' ({value[:30]!r})")
+    number, scale, rest = match.groups()
+    if _DIGIT.search(rest):
+        raise _Fail("ambiguous_score", f"the score {value[:40]!r} holds more than one number")
+    if scale is not None and float(scale) != 10.0:
+        raise _Fail("bad_scale", f"score {number}/{scale} is not out of 10")
+    return float(number)
 
 
 def parse_critique(raw: str) -> CritiqueParse:
     """Parse a critique answer into its feedback text and overall score (1..10, fractions allowed).
 
-    The score is ``Overall Score:\\s*([0-9]+(?:\\.[0-9]+)?)(?:\\s*/\\s*10)?`` (reference §4.5), also
-    with bold markers or brackets around it. A plain "1" is 1, never 10 (the §4.6 bug); "8/10" is 8;
-    a denominator other than 10 fails (``bad_scale``) rather than being guessed at. If the label
-    appears more than once with different scores the answer is ``ambiguous_score``. The critique is
-    the text before the first score label, stripped, without a repeated leading "### Feedback".
+    The score is read from the score field only: a line that starts with ``Overall Score:``
+    (reference §4.5; bold, ``#`` or a bullet before the label are allowed, the value may be on the
+    next line) whose value starts with the score: ``7``, ``7.5``, ``8/10``, ``8 out of 10``,
+    ``[9]``, ``**6**``. A plain "1" is 1, never 10 (the §4.6 bug). A denominator other than 10
+    fails (``bad_scale``) rather than being guessed at; any other number in the value
+    (``[1-10]`` echoed from the template, ``1 to 10: 7``) makes it ``ambiguous_score``, and so do
+    two score lines with different scores. "overall score: 7" inside a sentence is prose, not the
+    field. The critique is the text before the first score line, stripped, without a repeated
+    leading "### Feedback".
     """
     if not isinstance(raw, str) or not raw.strip():
         return CritiqueParse(ok=False, reason="empty_output", detail="the judge returned no text")
-    text = raw.replace("\r\n", "\n").replace("\r", "\n")
-    matches = list(_SCORE.finditer(text))
-    if not matches:
-        label = _LABEL_ONLY.search(text)
-        detail = (
-            f"no number after 'Overall Score:' ({text[label.end() : label.end() + 30].strip()!r})"
-            if label
-            else "no 'Overall Score:' line"
-        )
-        return CritiqueParse(ok=False, reason="missing_score", detail=detail)
-    for match in matches:
-        if match.group(2) is not None and float(match.group(2)) != 10.0:
-            scale = f"{match.group(1)}/{match.group(2)}"
-            return CritiqueParse(ok=False, reason="bad_scale", detail=f"score {scale} is not out of 10")
-    scores = {float(match.group(1)) for match in matches}
+    lines = raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    first: int | None = None
+    scores: set[float] = set()
+    try:
+        for index, line in enumerate(lines):
+            match = _SCORE_LINE.match(line)
+            if not match:
+                continue
+            value = match.group(1).strip()
+            if not value:
+                value = next((later.strip() for later in lines[index + 1 :] if later.strip()), "")
+            scores.add(_score(value))
+            first = index if first is None else first
+    except _Fail as fail:
+        return CritiqueParse(ok=False, reason=fail.reason, detail=fail.detail)
+    if first is None:
+        return CritiqueParse(ok=False, reason="missing_score", detail="no line starting with 'Overall Score:'")
     if len(scores) > 1:
         return CritiqueParse(ok=False, reason="ambiguous_score", detail=f"several overall scores: {sorted(scores)}")
     score = scores.pop()
     if not 1.0 <= score <= 10.0:
         return CritiqueParse(ok=False, reason="score_out_of_range", detail=f"overall score {score:g} is outside 1-10")
-    critique = _FEEDBACK_HEADING.sub("", text[: matches[0].start()].strip() + "\n", count=1).strip()
+    critique = _FEEDBACK_HEADING.sub("", "\n".join(lines[:first]).strip() + "\n", count=1).strip()
     if not critique:
         return CritiqueParse(ok=False, reason="missing_critique", detail="no feedback before the score")
     return CritiqueParse(ok=True, critique=critique, overall_score=score)
