@@ -4,11 +4,13 @@ Steps, per source in spec order, then across sources:
 
 1. **read** every record (:func:`tasks.ingest.loaders.iter_source`);
 2. **validate** and quarantine what cannot be used, one reason each: ``malformed_record`` (a line
-   that is not a JSON object, a CSV row of the wrong width, bad UTF-8; the detail names
-   ``file:line``), ``missing_field`` (a mapped column absent or the instruction null; names the
-   column), ``not_text`` (an instruction or answer that is not a string), ``empty`` (nothing left
-   after normalisation), ``too_long`` (more than ``ingest.max_chars`` characters after
-   normalisation). Quarantine is what the gate counts (``gates.max_quarantined``);
+   that is not a JSON object, a CSV row of the wrong width, bad UTF-8, a mapped string with a lone
+   surrogate such as JSON's ``"\\ud800"``; the detail names ``file:line``), ``missing_field`` (a
+   mapped column absent or the instruction null; names the column), ``not_text`` (an instruction
+   or answer that is not a string), ``empty`` (nothing left after normalisation), ``too_long``
+   (more than ``ingest.max_chars`` characters after normalisation). An entry keeps an excerpt of
+   the record (``RAW_LIMIT`` characters), not the record. Quarantine is what the gate counts
+   (``gates.max_quarantined``);
 3. **normalise** with :func:`ultrafeedback.keys.normalise_text`; the id is
    ``keys.instruction_id(source, normalised text)``;
 4. **decontaminate**: drop instructions whose normalised text equals a normalised question of an
@@ -35,6 +37,7 @@ Duplicates, contamination and quota cuts are *drops*, not quarantine: they are l
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,8 +65,12 @@ QUARANTINE_REASONS: tuple[str, ...] = (
 )
 """Every reason a record can be quarantined for."""
 
-RAW_LIMIT = 2000
-"""Characters of the raw record kept in a quarantine/drop entry (a too_long record stays readable)."""
+RAW_LIMIT = 200
+"""Characters of the raw record kept in a quarantine/drop entry: an excerpt to recognise the record
+by, never the whole record (a source that points at a file of secrets must not copy it into the
+store)."""
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 _NO_ANSWERS = ["None"]
 
@@ -120,11 +127,21 @@ def _clip(raw: str) -> str:
     return raw[:RAW_LIMIT] + f"... [{len(raw) - RAW_LIMIT} more characters]"
 
 
+def _check_unicode(value: str, column: str, origin: str) -> None:
+    """A JSON ``\\ud800`` escape decodes to a lone surrogate: text no key, file or Parquet can hold."""
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise _Reject(
+            "malformed_record",
+            f"{origin}: column {column!r} holds a lone surrogate \\u{ord(found.group()):04x}, not valid Unicode",
+        )
+
+
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
-def _answers(value: Any, column: str, csv_cell: bool) -> list[str]:
+def _answers(value: Any, column: str, csv_cell: bool, origin: str) -> list[str]:
     """An answers value as a list of normalised strings; ``["None"]`` when empty (published schema)."""
     if value is None:
         return list(_NO_ANSWERS)
@@ -140,6 +157,8 @@ def _answers(value: Any, column: str, csv_cell: bool) -> list[str]:
             items.append(item if isinstance(item, str) else str(item))
     else:
         raise _Reject("not_text", f"column {column!r} holds {_type_name(value)}, not text or a list")
+    for item in items:
+        _check_unicode(item, column, origin)
     answers = [text for text in (normalise_text(item) for item in items) if text]
     return answers or list(_NO_ANSWERS)
 
@@ -156,6 +175,7 @@ def _validate(raw: RawRecord, source: Source, spec: Spec) -> _Candidate:
         raise _Reject("missing_field", f"instruction column {fields.instruction!r} is null")
     if not isinstance(value, str):
         raise _Reject("not_text", f"instruction column {fields.instruction!r} holds {_type_name(value)}, not text")
+    _check_unicode(value, fields.instruction, raw.origin)
     text = normalise_text(value)
     if not text:
         raise _Reject("empty", f"instruction column {fields.instruction!r} is empty after normalisation")
@@ -172,11 +192,12 @@ def _validate(raw: RawRecord, source: Source, spec: Spec) -> _Candidate:
         found = get_field(raw.data, column)
         if found is MISSING:
             raise _Reject("missing_field", f"{kind}_answers column {column!r} is absent")
-        answers[kind] = _answers(found, column, csv_cell=source.loader == "csv")
+        answers[kind] = _answers(found, column, csv_cell=source.loader == "csv", origin=raw.origin)
     origin = raw.origin
     if fields.id is not None:
         own_id = get_field(raw.data, fields.id)
         if own_id is not MISSING and own_id is not None:
+            _check_unicode(str(own_id), fields.id, raw.origin)
             origin = f"{origin} (id {own_id})"
     return _Candidate(
         source=source.name,

@@ -16,14 +16,13 @@ import pytest
 from tests.tasks.ingest.ingest_helpers import make_spec
 from ultrafeedback.keys import instruction_id
 from ultrafeedback.tasks.ingest.dedup import jaccard, near_key, shingles
-from ultrafeedback.tasks.ingest.ingest import IngestResult, ingest
+from ultrafeedback.tasks.ingest.ingest import RAW_LIMIT, IngestResult, ingest
 from ultrafeedback.tasks.ingest.loaders import IngestError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[3]
-
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> str:
@@ -57,6 +56,11 @@ def check_stats_add_up(result: IngestResult) -> None:
 
 QUARANTINE_CASES = [
     ("malformed_record", '{"instruction": "broken', "s.jsonl:2: invalid JSON"),
+    (
+        "malformed_record",
+        '{"instruction": "x \\ud800 y"}',  # valid JSON, but a lone surrogate is not text
+        "s.jsonl:2: column 'instruction' holds a lone surrogate \\ud800",
+    ),
     ("missing_field", '{"text": "no instruction key"}', "instruction column 'instruction' is absent"),
     ("missing_field", '{"instruction": null}', "instruction column 'instruction' is null"),
     ("not_text", '{"instruction": 42}', "instruction column 'instruction' holds int, not text"),
@@ -75,13 +79,9 @@ QUARANTINE_CASES = [
 
 
 @pytest.mark.parametrize(("reason", "line", "detail"), QUARANTINE_CASES)
-def test_each_bad_record_is_quarantined_with_its_reason(
-    tmp_path: Path, reason: str, line: str, detail: str
-) -> None:
+def test_each_bad_record_is_quarantined_with_its_reason(tmp_path: Path, reason: str, line: str, detail: str) -> None:
     (tmp_path / "s.jsonl").write_text('{"instruction": "A fine question?"}\n' + line + "\n", encoding="utf-8")
-    spec = make_spec(
-        tmp_path, [{"name": "s", "loader": "jsonl", "path": "s.jsonl"}], ingest={"max_chars": 40}
-    )
+    spec = make_spec(tmp_path, [{"name": "s", "loader": "jsonl", "path": "s.jsonl"}], ingest={"max_chars": 40})
     result = ingest(spec)
     assert [i.instruction for i in result.instructions] == ["A fine question?"]
     assert len(result.quarantined) == 1
@@ -112,13 +112,31 @@ def test_mapped_answer_column_absent_is_missing_field_and_bad_answer_is_not_text
     ]
 
 
-def test_raw_of_a_quarantined_record_is_clipped(tmp_path: Path) -> None:
-    spec = make_spec(
-        tmp_path, [jsonl_source(tmp_path, "s", [{"instruction": "y" * 5000}])], ingest={"max_chars": 100}
-    )
+def test_quarantine_keeps_an_excerpt_not_the_record(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, [jsonl_source(tmp_path, "s", [{"instruction": "y" * 5000}])], ingest={"max_chars": 100})
     (bad,) = ingest(spec).quarantined
     assert bad.reason == "too_long"
-    assert len(bad.raw) < 2100 and bad.raw.endswith("more characters]")
+    assert bad.raw == '{"instruction": "' + "y" * (RAW_LIMIT - 17) + f"... [{5019 - RAW_LIMIT} more characters]"
+    assert RAW_LIMIT <= 200
+
+
+def test_lone_surrogates_in_answers_and_ids_are_quarantined(tmp_path: Path) -> None:
+    lines = [
+        '{"q": "Kept?", "good": ["yes"], "key": "a"}',
+        '{"q": "Bad answer?", "good": ["fine", "no \\udc00 pe"], "key": "b"}',
+        '{"q": "Bad id?", "good": [], "key": "\\ud83d"}',
+        '{"q": "A pair is fine \\ud83d\\ude00", "good": [], "key": "d"}',
+    ]
+    (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fields = {"instruction": "q", "correct_answers": "good", "id": "key"}
+    spec = make_spec(tmp_path, [{"name": "s", "loader": "jsonl", "path": "s.jsonl", "fields": fields}])
+    result = ingest(spec)
+    assert sorted(i.instruction for i in result.instructions) == ["A pair is fine \U0001f600", "Kept?"]
+    assert [(q.origin, q.reason, q.detail) for q in result.quarantined] == [
+        ("s.jsonl:2", "malformed_record", "s.jsonl:2: column 'good' holds a lone surrogate \\udc00, not valid Unicode"),
+        ("s.jsonl:3", "malformed_record", "s.jsonl:3: column 'key' holds a lone surrogate \\ud83d, not valid Unicode"),
+    ]
+    check_stats_add_up(result)
 
 
 # --------------------------------------------------------------------------- normalisation, ids, order
@@ -170,12 +188,8 @@ def test_exact_duplicates_within_and_across_sources(tmp_path: Path) -> None:
 def test_first_source_in_spec_order_keeps_a_shared_instruction(tmp_path: Path) -> None:
     a = jsonl_source(tmp_path, "a", [{"instruction": "Shared"}])
     b = jsonl_source(tmp_path, "b", [{"instruction": "Shared"}])
-    assert [
-        i.source for i in ingest(make_spec(tmp_path, [b, a], ingest={"dedup": "exact"})).instructions
-    ] == ["b"]
-    assert [
-        i.source for i in ingest(make_spec(tmp_path, [a, b], ingest={"dedup": "exact"})).instructions
-    ] == ["a"]
+    assert [i.source for i in ingest(make_spec(tmp_path, [b, a], ingest={"dedup": "exact"})).instructions] == ["b"]
+    assert [i.source for i in ingest(make_spec(tmp_path, [a, b], ingest={"dedup": "exact"})).instructions] == ["a"]
 
 
 def test_dedup_none_keeps_cross_source_repeats_but_not_repeated_ids(tmp_path: Path) -> None:
@@ -381,9 +395,7 @@ def test_hf_source_on_a_local_folder_goes_through_ingest(tmp_path: Path) -> None
     folder = tmp_path / "local_hf"
     folder.mkdir()
     write_jsonl(folder / "train.jsonl", [{"prompt": "From a datasets folder?"}, {"prompt": None}])
-    spec = make_spec(
-        tmp_path, [{"name": "h", "loader": "hf", "path": "local_hf", "fields": {"instruction": "prompt"}}]
-    )
+    spec = make_spec(tmp_path, [{"name": "h", "loader": "hf", "path": "local_hf", "fields": {"instruction": "prompt"}}])
     result = ingest(spec, hf_cache_dir=str(tmp_path / "cache"))
     assert [(i.instruction, i.origin) for i in result.instructions] == [
         ("From a datasets folder?", "local_hf:train:row 0")
