@@ -65,6 +65,10 @@ def arrow_schema(model: type[BaseModel]) -> pa.Schema:
     return pa.schema(fields)
 
 
+class StoreUnavailable(RuntimeError):
+    """The spec's ``store`` cannot be written; the message names ``store``, the URL and the cause."""
+
+
 class Store:
     """One dataset's folder in an fsspec file system."""
 
@@ -128,6 +132,21 @@ class Store:
         else:
             self.fs.pipe_file(path, data)
         return path
+
+    def probe(self) -> None:
+        """Write and remove a small file in the dataset's folder, or raise :class:`StoreUnavailable`.
+
+        A store that cannot take a write (a read-only or impossible folder, a missing bucket, wrong
+        credentials, an endpoint that does not answer) fails here in about a second, with its cause,
+        instead of with a raw OS error from inside the first stage after Prefect has started.
+        """
+        try:
+            path = self.write_bytes(f".probe-{uuid.uuid4().hex}", b"ultrafeedback store probe\n")
+            self.fs.rm_file(path)
+        except Exception as exc:  # noqa: BLE001 - any cause: the message carries it
+            lines = str(exc).strip().splitlines()
+            cause = type(exc).__name__ + (f": {lines[0]}" if lines else "")
+            raise StoreUnavailable(f"store: cannot write to {self.uri()}: {cause}") from exc
 
     def write_table(self, relpath: str, table: pa.Table) -> str:
         sink = io.BytesIO()

@@ -18,7 +18,6 @@ from pathlib import Path
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
-
 def demo_spec() -> Path:
     """The packaged demo spec (its sources sit beside it, in the same package data)."""
     from importlib.resources import files
@@ -78,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p = sub.add_parser("demo", help="build the embedded demo (CPU model, heuristic judge, no key, no GPU)")
     _add_spec_args(p, spec_required=False)
-    p = sub.add_parser("validate", help="validate a spec (and overrides) without running anything")
+    p = sub.add_parser(
+        "validate",
+        help="validate a spec (and overrides) and its local source files (they exist and hold the mapped "
+        "columns) without running anything",
+    )
     _add_spec_args(p)
     p = sub.add_parser("status", help="stage counts, failures by reason, gate results and releases")
     _add_spec_args(p)
@@ -95,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_build(spec_path: str, overrides: list[str]) -> int:
     from ultrafeedback.spec import load_spec
 
-    load_spec(spec_path, overrides)  # fail fast, before Prefect starts
+    spec = load_spec(spec_path, overrides)  # fail fast, before Prefect starts
+    from ultrafeedback.tasks.common import store_for
+
+    store_for(spec).probe()  # an unwritable store or a wrong key: exit 2 now, not after Prefect started
     from ultrafeedback.flows.build import build
 
     uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
@@ -124,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             from ultrafeedback.tasks.assign.assign import prompt_format_versions
 
             prompt_format_versions(spec)
+            from ultrafeedback.tasks.ingest.loaders import check_sources
+
+            check_sources(spec)
             print(
                 f"{args.spec}: valid spec {spec.name!r}: {len(spec.sources)} sources, {len(spec.models)} models, "
                 f"k={spec.completions_per_instruction}, judge {spec.judge.backend}:{spec.judge.model or 'heuristic'}"
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report_failure(exc: Exception) -> int:
     from ultrafeedback.expectations.gate import GateFailed
     from ultrafeedback.infra.llm.openai_compat import MissingAPIKeyError
+    from ultrafeedback.infra.store import StoreUnavailable
     from ultrafeedback.tasks.ingest.loaders import IngestError
 
     if isinstance(exc, GateFailed):
@@ -161,7 +171,7 @@ def _report_failure(exc: Exception) -> int:
             file=sys.stderr,
         )
         return EXIT_GATE
-    if isinstance(exc, IngestError | MissingAPIKeyError):
+    if isinstance(exc, IngestError | MissingAPIKeyError | StoreUnavailable):
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     import traceback

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 import re
@@ -144,8 +145,7 @@ def parse_csv_list(cell: str) -> list[str]:
 
 def _filesystem(spec: Spec, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec file system and path of a URL; storage options only apply to remote URLs."""
-    remote = "://" in url and not url.startswith("file://")
-    options = spec.execution.storage_options if remote else {}
+    options = spec.execution.storage_options if _is_remote(url) else {}
     return fsspec.core.url_to_fs(url, **options)
 
 
@@ -419,18 +419,65 @@ def iter_source(source: Source, spec: Spec, *, hf_cache_dir: str | None = None) 
         return
     fs, files = resolve_files(spec, source)
     for path in files:
-        display = _display(spec, fs, path)
-        try:
-            if source.loader == "jsonl":
-                yield from _iter_jsonl(fs, path, display)
-            elif source.loader == "csv":
-                yield from _iter_csv(fs, path, display)
-            else:
-                yield from _iter_parquet(fs, path, display, source, f"{key}.path")
-        except IngestError:
-            raise
-        except OSError as exc:  # a truncated gzip, a read error half way through
-            raise IngestError(f"{key}.path: error reading {display}: {type(exc).__name__}: {exc}") from exc
+        yield from _iter_file(spec, source, fs, path)
+
+
+def _iter_file(spec: Spec, source: Source, fs: fsspec.AbstractFileSystem, path: str) -> Iterator[RawRecord]:
+    """The records of one file of a file-loader source."""
+    key = source_key(spec, source)
+    display = _display(spec, fs, path)
+    try:
+        if source.loader == "jsonl":
+            yield from _iter_jsonl(fs, path, display)
+        elif source.loader == "csv":
+            yield from _iter_csv(fs, path, display)
+        else:
+            yield from _iter_parquet(fs, path, display, source, f"{key}.path")
+    except IngestError:
+        raise
+    except OSError as exc:  # a truncated gzip, a read error half way through
+        raise IngestError(f"{key}.path: error reading {display}: {type(exc).__name__}: {exc}") from exc
+
+
+_MAPPED_FIELDS = ("instruction", "correct_answers", "incorrect_answers", "id")
+
+
+def check_sources(spec: Spec, records: int = 100) -> None:
+    """What ``validate`` checks of the sources without ingesting them: every local file-loader
+    source has its files, and each file's first ``records`` readable records hold every mapped
+    column (a mapped name no record has is a typo, which ingest would turn into a quarantine of
+    every record). Raises :class:`IngestError` naming the spec key and the file.
+
+    Remote (``s3://``) and ``hf`` sources are not opened: validating a spec needs no network and no
+    credentials. A file whose first records are all unreadable is left to ingest's quarantine.
+    """
+    for source in spec.sources:
+        if source.loader == "hf" or _is_remote(spec.resolve_path(source.path)):
+            continue
+        key = source_key(spec, source)
+        fs, files = resolve_files(spec, source)
+        for path in files:
+            seen = [raw.data for raw in itertools.islice(_iter_file(spec, source, fs, path), records)]
+            data = [record for record in seen if record is not None]
+            if not data:
+                continue
+            for field in _MAPPED_FIELDS:
+                name = getattr(source.fields, field)
+                if name and all(get_field(record, name) is MISSING for record in data):
+                    if source.loader == "parquet":  # its records hold the mapped columns only
+                        with fs.open(path, "rb") as handle:
+                            columns = pq.ParquetFile(handle).schema_arrow.names
+                    else:
+                        columns = sorted({column for record in data for column in record})
+                    raise IngestError(
+                        f"{key}.fields.{field}: column {name!r} is not in {_display(spec, fs, path)} "
+                        f"(none of its first {len(data)} records has it; its columns: "
+                        f"{', '.join(columns) or 'none'})"
+                    )
+
+
+def _is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
 
 
 # --------------------------------------------------------------------------- benchmark questions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from ultrafeedback.infra.store import Store
+from ultrafeedback.infra.store import Store, StoreUnavailable
 
 
 class Row(BaseModel):
@@ -115,3 +115,19 @@ def test_read_located_needs_no_index_and_read_keys_survives_a_compaction_in_betw
     with pytest.raises(FileNotFoundError):
         other.read_located(located)
     assert sorted(log.read_keys(["k0", "k2"]).column("value").to_pylist()) == [0, 2]  # re-lists the parts
+
+
+def test_probe_writes_and_removes_a_file(tmp_path):
+    store = Store(str(tmp_path / "store"), "ds")
+    store.probe()
+    assert list((tmp_path / "store" / "ds").iterdir()) == []
+
+
+def test_probe_of_an_unwritable_store_names_store_and_the_cause(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    store = Store(str(tmp_path / "a-file" / "store"), "ds")  # root ignores permission bits; this it cannot write
+    with pytest.raises(StoreUnavailable) as caught:
+        store.probe()
+    message = str(caught.value)
+    assert message.startswith(f"store: cannot write to {tmp_path}/a-file/store/ds: ")
+    assert "Error" in message and "\n" not in message

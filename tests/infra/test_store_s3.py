@@ -1,4 +1,5 @@
-"""infra.store.Store on ``s3://`` against a real S3-compatible server (moto's, on 127.0.0.1).
+"""infra.store.Store on ``s3://`` against real S3-compatible servers on 127.0.0.1: moto's, and
+SeaweedFS where credentials must be checked.
 
 Credentials come from the standard AWS environment variables only; ``storage_options`` carries the
 endpoint and nothing secret.
@@ -13,8 +14,15 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel
 
-from tests.s3_server import CREDENTIAL_STRINGS, MotoS3Server, bucket_objects, new_bucket, set_credentials
-from ultrafeedback.infra.store import Store, arrow_schema
+from tests.s3_server import (
+    CREDENTIAL_STRINGS,
+    MotoS3Server,
+    SeaweedS3Server,
+    bucket_objects,
+    new_bucket,
+    set_credentials,
+)
+from ultrafeedback.infra.store import Store, StoreUnavailable, arrow_schema
 
 
 class Row(BaseModel):
@@ -155,3 +163,46 @@ def test_credentials_only_from_the_environment(store: Store, s3: dict[str, Any])
             assert secret.encode() not in data, f"credential in {key}"
     # nothing secret was passed to s3fs: it signs with what botocore finds in the environment
     assert store.fs.key is None and store.fs.secret is None and store.fs.token is None
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+@pytest.fixture(scope="module")
+def seaweed() -> Iterator[SeaweedS3Server]:
+    with SeaweedS3Server() as server:
+        yield server
+
+
+def test_probe_leaves_nothing_behind(store: Store, s3: dict[str, Any]) -> None:
+    store.probe()
+    assert bucket_objects(s3["endpoint_url"], s3["bucket"]) == {}
+
+
+def test_probe_of_a_missing_bucket_names_store(s3: dict[str, Any]) -> None:
+    store = Store("s3://uf-no-such-bucket/prefix", "ds", s3["options"])
+    with pytest.raises(StoreUnavailable, match=r"^store: cannot write to s3://uf-no-such-bucket/prefix/ds: "):
+        store.probe()
+
+
+def test_probe_with_the_right_key_on_a_server_that_checks_keys(
+    seaweed: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_credentials(monkeypatch)
+    bucket = new_bucket(seaweed.endpoint_url)
+    Store(f"s3://{bucket}/prefix", "ds", {"endpoint_url": seaweed.endpoint_url}).probe()
+    assert bucket_objects(seaweed.endpoint_url, bucket) == {}
+
+
+def test_probe_with_a_wrong_secret_key_is_refused_and_names_store(
+    seaweed: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_credentials(monkeypatch)
+    bucket = new_bucket(seaweed.endpoint_url)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    store = Store(f"s3://{bucket}/prefix", "ds", {"endpoint_url": seaweed.endpoint_url, "skip_instance_cache": True})
+    with pytest.raises(StoreUnavailable) as caught:
+        store.probe()
+    assert str(caught.value).startswith(f"store: cannot write to s3://{bucket}/prefix/ds: PermissionError: ")
+    set_credentials(monkeypatch)
+    assert bucket_objects(seaweed.endpoint_url, bucket) == {}

@@ -17,6 +17,7 @@ from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.ingest.loaders import (
     MISSING,
     IngestError,
+    check_sources,
     get_field,
     iter_source,
     load_benchmark_questions,
@@ -30,10 +31,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
-
 def records(spec: Spec, index: int = 0, **kwargs: Any) -> list[Any]:
     return list(iter_source(spec.sources[index], spec, **kwargs))
-
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -41,9 +40,7 @@ def records(spec: Spec, index: int = 0, **kwargs: Any) -> list[Any]:
 
 def test_jsonl_origins_count_file_lines_and_skip_blank_lines(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "in.jsonl").write_text(
-        '{"instruction": "a"}\n\n   \n{"instruction": "b"}\n', encoding="utf-8"
-    )
+    (tmp_path / "data" / "in.jsonl").write_text('{"instruction": "a"}\n\n   \n{"instruction": "b"}\n', encoding="utf-8")
     spec = make_spec(tmp_path, [{"name": "s", "loader": "jsonl", "path": "data/in.jsonl"}])
     got = records(spec)
     assert [(r.origin, dict(r.data)) for r in got] == [
@@ -92,9 +89,7 @@ def test_remote_url_goes_through_fsspec_and_is_named_by_url() -> None:
     fs = fsspec.filesystem("memory")
     fs.pipe("/ingest-test/remote.jsonl", b'{"instruction": "from a bucket"}\n')
     try:
-        spec = make_spec(
-            Path("."), [{"name": "s", "loader": "jsonl", "path": "memory://ingest-test/remote.jsonl"}]
-        )
+        spec = make_spec(Path("."), [{"name": "s", "loader": "jsonl", "path": "memory://ingest-test/remote.jsonl"}])
         got = records(spec)
     finally:
         fs.rm("/ingest-test", recursive=True)
@@ -286,3 +281,58 @@ def test_benchmark_csv_without_a_question_column_raises(tmp_path: Path) -> None:
     )
     with pytest.raises(IngestError, match="no question column"):
         load_benchmark_questions(spec)
+
+
+# --------------------------------------------------------------------------- check_sources (validate)
+
+
+def test_check_sources_reads_only_the_first_records(tmp_path: Path) -> None:
+    rows = [{"q": f"Question {i}?"} for i in range(5)] + [{"q": "Last?", "late": "only here"}]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    spec = make_spec(tmp_path, [{"name": "s", "loader": "jsonl", "path": "s.jsonl", "fields": {"instruction": "q"}}])
+    check_sources(spec, records=5)
+    spec = make_spec(
+        tmp_path,
+        [{"name": "s", "loader": "jsonl", "path": "s.jsonl", "fields": {"instruction": "q", "id": "late"}}],
+    )
+    check_sources(spec, records=6)
+    with pytest.raises(IngestError) as caught:
+        check_sources(spec, records=5)
+    assert str(caught.value) == (
+        "sources[0] (s).fields.id: column 'late' is not in s.jsonl (none of its first 5 records has it; its columns: q)"
+    )
+
+
+def test_check_sources_names_the_answer_column_and_the_parquet_files_columns(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"question": ["Why?"], "best": ["Because."]}), tmp_path / "t.parquet")
+    fields = {"instruction": "question", "correct_answers": "answers"}
+    spec = make_spec(tmp_path, [{"name": "t", "loader": "parquet", "path": "t.parquet", "fields": fields}])
+    with pytest.raises(IngestError) as caught:
+        check_sources(spec)
+    assert str(caught.value) == (
+        "sources[0] (t).fields.correct_answers: column 'answers' is not in t.parquet "
+        "(none of its first 1 records has it; its columns: question, best)"
+    )
+
+
+def test_check_sources_finds_csv_columns_and_dotted_paths(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("question,answers\nWhy?,Because.\n", encoding="utf-8")
+    write_jsonl(tmp_path / "n.jsonl", [{"turns": [{"text": "Hello?"}]}])
+    csv_fields = {"instruction": "question", "correct_answers": "answers"}
+    csv_source = {"name": "c", "loader": "csv", "path": "c.csv", "fields": csv_fields}
+    nested_source = {"name": "n", "loader": "jsonl", "path": "n.jsonl", "fields": {"instruction": "turns.0.text"}}
+    spec = make_spec(tmp_path, [csv_source, nested_source])
+    check_sources(spec)
+
+
+def test_check_sources_leaves_remote_hub_and_unreadable_sources_to_ingest(tmp_path: Path) -> None:
+    (tmp_path / "bad.jsonl").write_text("not json\n", encoding="utf-8")
+    spec = make_spec(
+        tmp_path,
+        [
+            {"name": "bad", "loader": "jsonl", "path": "bad.jsonl"},
+            {"name": "remote", "loader": "jsonl", "path": "s3://no-such-bucket/x.jsonl"},
+            {"name": "hub", "loader": "hf", "path": "org/no-such-dataset"},
+        ],
+    )
+    check_sources(spec)
