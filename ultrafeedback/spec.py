@@ -7,14 +7,14 @@ dotted path, ``--set endpoints.openai.base_url=http://...``; list items are addr
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ultrafeedback.records import ASPECTS, PRINCIPLES
 
@@ -107,6 +107,22 @@ class Endpoint(_Strict):
         if value:
             raise ValueError("the Batch API path is not implemented yet; set batch_api: false")
         return value
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.api_key_env or self.api_key_block)
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host:port`` of a URL (the default port made explicit): where a request goes."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return f"<invalid URL {url!r}>"
+    scheme = parts.scheme.lower()
+    port = port or {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{parts.hostname or ''}:{port}"
 
 
 class Price(_Strict):
@@ -247,6 +263,8 @@ class Spec(_Strict):
 
     # where the spec came from; relative source paths resolve against it
     base_dir: str = Field(default=".", exclude=True)
+    # a deployment run's endpoints as its spec file names them: a key goes only where the file sends it
+    _trusted_endpoints: dict[str, Endpoint] | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Spec:
@@ -283,6 +301,32 @@ class Spec(_Strict):
             if entry.id == model_id:
                 return entry
         raise KeyError(model_id)
+
+    def pin_endpoints(self, trusted: dict[str, Endpoint]) -> None:
+        """Send each endpoint's key only to the origin, and read it only from the source, that
+        ``trusted`` (the spec file's endpoints) names. Set for deployment runs; a spec without pins
+        (the command line) is trusted as it is. The pins travel with this object (also pickled),
+        not with its dump: a spec rebuilt from ``model_dump`` is unpinned."""
+        self._trusted_endpoints = dict(trusted)
+
+    def key_refusal(self, name: str) -> str | None:
+        """Why endpoint ``name`` may not be given its key here, or None when it may."""
+        if self._trusted_endpoints is None:
+            return None
+        endpoint = self.endpoints[name]
+        if not endpoint.has_key:
+            return None
+        pinned = self._trusted_endpoints.get(name)
+        if pinned is None or not pinned.has_key:
+            return f"endpoint {name!r} has no key in the spec file, so a deployment run cannot give it one"
+        if (endpoint.api_key_env, endpoint.api_key_block) != (pinned.api_key_env, pinned.api_key_block):
+            return f"endpoint {name!r}: a deployment run cannot change where its key comes from"
+        if url_origin(endpoint.base_url) != url_origin(pinned.base_url):
+            return (
+                f"endpoint {name!r}: its key goes only to {url_origin(pinned.base_url)} (the spec file's "
+                f"base_url), not to {url_origin(endpoint.base_url)}"
+            )
+        return None
 
     def resolve_path(self, path: str) -> str:
         """A source path as given, or resolved against the spec file's folder when relative."""
@@ -413,9 +457,8 @@ def _list_index(node: list[Any], parts: list[str], depth: int, key: str, where: 
     raise SpecError(f"--set {key}: {where}: no list item with id or name {part!r}")
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
-    """Read, override and validate a spec file."""
-    path = Path(path)
+def read_spec_file(path: Path) -> Any:
+    """A spec file's YAML as it is written (not validated)."""
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found")
     try:
@@ -424,7 +467,13 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         raise SpecError(f"{path}: the spec file is empty")
-    data = copy.deepcopy(data)
+    return data
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
+    """Read, override and validate a spec file."""
+    path = Path(path)
+    data = read_spec_file(path)
     for text in overrides or []:
         key, value = parse_override(text)
         if not isinstance(data, dict):

@@ -4,6 +4,10 @@ Backends are cached per process and per configuration, so every shard running in
 shares one loaded CPU model; HTTP backends carry their endpoint's process-wide budgets (the
 ``RateLimiter`` and the ``InFlightLimit`` of ``infra.llm.limiter``), which stay shared even when a
 changed endpoint configuration makes a new backend.
+
+In a deployment run the spec carries the endpoints of its spec file (``Spec.pin_endpoints``): an
+endpoint whose ``base_url`` or key source differs from the file's gets no backend, so its key is
+never read, let alone sent to a host the file does not name for it.
 """
 
 from __future__ import annotations
@@ -17,9 +21,16 @@ _CACHE: dict[tuple[str, ...], Backend] = {}
 _LOCK = threading.Lock()
 
 
+class UntrustedEndpointError(RuntimeError):
+    """A deployment run's endpoint would send its key somewhere its spec file does not."""
+
+
 def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
     from ultrafeedback.infra.llm.openai_compat import backend_from_endpoint
 
+    refusal = spec.key_refusal(endpoint_name)
+    if refusal is not None:
+        raise UntrustedEndpointError(refusal)
     endpoint = spec.endpoints[endpoint_name]
     cache_key = ("openai", endpoint_name, endpoint.model_dump_json())
     with _LOCK:

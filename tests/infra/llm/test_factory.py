@@ -12,7 +12,7 @@ from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
 from ultrafeedback.infra.llm import factory
 from ultrafeedback.infra.llm.limiter import get_in_flight, get_limiter, reset_limiters
 from ultrafeedback.infra.llm.openai_compat import MissingAPIKeyError, OpenAICompatBackend
-from ultrafeedback.spec import ModelEntry, Spec, validate_dict
+from ultrafeedback.spec import Endpoint, ModelEntry, Spec, validate_dict
 
 KEY_ENV = "UF_TEST_FACTORY_KEY"
 JUDGE_KEY_ENV = "UF_TEST_FACTORY_JUDGE_KEY"
@@ -166,3 +166,60 @@ def test_an_unknown_backend_is_refused():
     entry = ModelEntry.model_construct(id="odd", backend="tgi", endpoint=None, model="m", path=None)
     with pytest.raises(ValueError, match="model 'odd': unknown backend 'tgi'"):
         factory.model_backend(make_spec(), entry)
+
+
+# --------------------------------------------------------------------------- deployment runs: key pins
+
+
+@pytest.fixture
+def listeners():
+    """Two loopback hosts that record Authorization headers: the spec file's and another one."""
+    from tests.auth_listener import AuthListener
+
+    with AuthListener() as trusted, AuthListener() as foreign:
+        yield trusted, foreign
+
+
+def pinned_spec(file_url: str, **changed: Any) -> Spec:
+    """A spec whose endpoint ``sim`` is ``changed`` from the spec file's (at ``file_url``), pinned to the file."""
+    spec = make_spec(**{"base_url": file_url, **changed})
+    spec.pin_endpoints({"sim": Endpoint(**sim_endpoint(file_url, KEY_ENV))})
+    return spec
+
+
+def _one_request(backend: Any) -> list[Any]:
+    from ultrafeedback.infra.llm.base import LLMRequest
+
+    results: list[Any] = []
+    backend.run([LLMRequest(key="k", model="m", messages=[{"role": "user", "content": "hi"}])], results.append)
+    return results
+
+
+def test_a_pinned_endpoint_sends_its_key_to_the_spec_files_host(listeners):
+    trusted, foreign = listeners
+    spec = pinned_spec(trusted.url, base_url=trusted.url + "/")  # the same origin
+    assert [r.ok for r in _one_request(factory.model_backend(spec, spec.models[0]))] == [True]
+    assert trusted.authorizations == ["Bearer sk-models"] and foreign.requests == []
+
+
+def test_a_pinned_endpoint_on_another_host_gets_no_backend_and_sends_nothing(listeners):
+    trusted, foreign = listeners
+    spec = pinned_spec(trusted.url, base_url=foreign.url)  # 127.0.0.1 too, another port
+    with pytest.raises(factory.UntrustedEndpointError, match="its key goes only to http://127.0.0.1:"):
+        factory.model_backend(spec, spec.models[0])
+    with pytest.raises(factory.UntrustedEndpointError):
+        factory.check_backends(spec)
+    assert foreign.requests == [] and trusted.requests == []
+
+
+def test_a_pinned_endpoint_cannot_read_another_key():
+    spec = pinned_spec(URL, api_key_env=JUDGE_KEY_ENV)
+    with pytest.raises(factory.UntrustedEndpointError, match="cannot change where its key comes from"):
+        factory.model_backend(spec, spec.models[0])
+
+
+def test_an_endpoint_the_spec_file_gives_no_key_gets_none():
+    spec = make_spec()
+    spec.pin_endpoints({})  # the spec file has no endpoint `sim`
+    with pytest.raises(factory.UntrustedEndpointError, match="has no key in the spec file"):
+        factory.model_backend(spec, spec.models[0])
