@@ -1,4 +1,5 @@
-"""deployments/prefect.yaml: every deployment's entrypoint loads and its parameters validate."""
+"""deployments/prefect.yaml: every deployment runs the policy-checked entry flow, and its parameters
+pass the default deployment policy."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ultrafeedback.spec import load_spec
+from ultrafeedback.deployment_policy import DeploymentPolicy
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
@@ -18,17 +19,19 @@ def test_entrypoint_and_parameters(deployment, monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.chdir(REPO)
+    assert deployment["entrypoint"] == "flows/deployment.py:build"  # not the CLI's flow: the UI is not trusted
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     assert flow.name == "build"
     params = flow.validate_parameters(deployment["parameters"])
     assert params["overrides"] == []
-    load_spec(REPO / params["spec_path"], params["overrides"])  # the spec it names is valid
+    # the spec it names is valid, and its sources and store are under the default roots
+    DeploymentPolicy().resolve(params["spec_path"], params["overrides"], cwd=REPO)
 
 
 def test_flow_parameters_are_typed():
     from prefect.flows import load_flow_from_entrypoint
 
-    schema = load_flow_from_entrypoint(str(REPO / "flows" / "build.py") + ":build").parameters
+    schema = load_flow_from_entrypoint(str(REPO / "flows" / "deployment.py") + ":build").parameters
     props = schema.properties
     assert props["spec_path"]["type"] == "string"
     assert props["overrides"]["anyOf"][0] == {"items": {"type": "string"}, "type": "array"}

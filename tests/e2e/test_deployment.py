@@ -240,11 +240,12 @@ def simulator() -> Iterator[Simulator]:
         yield sim
 
 
-def _write_spec(folder: Path) -> Path:
-    """A small spec whose endpoint is a closed port and whose store is not the one checked: a run
-    that ignored the overrides could neither reach the simulator nor publish where the test looks."""
+def _write_spec(folder: Path, endpoint_url: str) -> Path:
+    """A small spec whose endpoint is ``endpoint_url`` (the only host its key may go to in a
+    deployment run) and whose store is not the one checked: a run that ignored the overrides would
+    not publish where the test looks."""
     (folder / "instructions.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    endpoint = sim_endpoint(f"http://127.0.0.1:{_free_port()}/v1", KEY_ENV)
+    endpoint = sim_endpoint(endpoint_url, KEY_ENV)
     endpoint["max_retries"] = 1
     spec = {
         "name": "deploy-e2e",
@@ -266,31 +267,17 @@ def _write_spec(folder: Path) -> Path:
     return path
 
 
-def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server, simulator, tmp_path):
-    server = prefect_server
-    spec_dir = tmp_path / "spec"
-    spec_dir.mkdir()
-    spec_path = _write_spec(spec_dir).resolve()
-    override_store = (tmp_path / "override-store").resolve()
-    overrides = [
-        f"endpoints.sim.base_url={simulator.url}",
-        f"store={override_store}",
-        "completions_per_instruction=3",
-        "models.sim-0.sampling.temperature=0.25",
-    ]
-
-    # the README's steps, from the repository root
+def _deploy(server: PrefectServer) -> dict:
+    """The README's steps, from the repository root; the ``build/demo`` deployment."""
     server.cli("work-pool", "create", POOL, "--type", "process")
     server.cli("--no-prompt", "deploy", "--prefect-file", PREFECT_FILE, "--all", cwd=REPO)
     deployment = server.get("/deployments/name/" + DEPLOYMENT)
     assert deployment["work_pool_name"] == POOL
-    assert deployment["pull_steps"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
-    ], f"unexpected pull steps: {deployment['pull_steps']}"
-    schema = deployment["parameter_openapi_schema"]["properties"]
-    assert schema["spec_path"]["type"] == "string"
-    assert {"items": {"type": "string"}, "type": "array"} in schema["overrides"]["anyOf"]
+    return deployment
 
+
+def _start_run(server: PrefectServer, spec_path: Path, overrides: list[str]) -> str:
+    """``prefect deployment run`` with typed parameters; the flow run's id."""
     out = server.cli(
         "deployment",
         "run",
@@ -302,24 +289,23 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
     )
     match = re.search(r"UUID:\s*([0-9a-f-]{36})", out)
     assert match, f"no flow run id in the output of `prefect deployment run`:\n{out}"
-    flow_run_id = match.group(1)
-    flow_run = server.get(f"/flow_runs/{flow_run_id}")
-    assert flow_run["deployment_id"] == deployment["id"]
-    assert flow_run["parameters"] == {"spec_path": str(spec_path), "overrides": overrides}
+    return match.group(1)
 
-    # the worker: the key comes from its environment, as a user's OPENAI_API_KEY would; it runs
-    # outside the repository (the deployment's pull step sets the flow run's working directory)
-    worker_dir = tmp_path / "worker"
-    worker_dir.mkdir()
-    worker_env = {**server.env, KEY_ENV: SECRET}
+
+def _work(server: PrefectServer, flow_run_id: str, folder: Path, policy: dict[str, str]) -> tuple[dict, str]:
+    """A worker with the key and ``policy`` in its environment, as a user's OPENAI_API_KEY would be,
+    run until the flow run has ended; its final state and the worker's output. It runs outside the
+    repository (the deployment's pull step sets the flow run's working directory)."""
+    folder.mkdir()
+    worker_env = {**server.env, KEY_ENV: SECRET, **policy}
     state: dict = {}
     worker_logs: list[str] = []
     for attempt in range(3):  # --run-once polls once: poll again if the run was not due yet
         worker = Background(
             [_prefect_cli(), "worker", "start", "--pool", POOL, "--run-once"],
             env=worker_env,
-            cwd=worker_dir,
-            log=worker_dir / f"worker-{attempt}.log",
+            cwd=folder,
+            log=folder / f"worker-{attempt}.log",
         )
         rc = worker.wait(WORKER_TIMEOUT_S)
         worker_logs.append(worker.output())
@@ -331,6 +317,42 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
         time.sleep(1)
     log = "\n".join(worker_logs)
     assert rc == 0, f"the worker exited {rc}; its output:\n{log}"
+    return state, log
+
+
+def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server, simulator, tmp_path):
+    server = prefect_server
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    spec_path = _write_spec(spec_dir, simulator.url).resolve()
+    override_store = (tmp_path / "override-store").resolve()
+    overrides = [
+        f"store={override_store}",
+        "completions_per_instruction=3",
+        "models.sim-0.sampling.temperature=0.25",
+    ]
+    # the worker allows these keys (k is allowed by default) and these folders
+    policy = {
+        "ULTRAFEEDBACK_ALLOWED_OVERRIDES": "store,completions_per_instruction,models.*.sampling.temperature",
+        "ULTRAFEEDBACK_INPUT_ROOTS": str(spec_dir),
+        "ULTRAFEEDBACK_OUTPUT_ROOTS": str(override_store),
+    }
+
+    deployment = _deploy(server)
+    assert deployment["entrypoint"] == "flows/deployment.py:build"
+    assert deployment["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+    ], f"unexpected pull steps: {deployment['pull_steps']}"
+    schema = deployment["parameter_openapi_schema"]["properties"]
+    assert schema["spec_path"]["type"] == "string"
+    assert {"items": {"type": "string"}, "type": "array"} in schema["overrides"]["anyOf"]
+
+    flow_run_id = _start_run(server, spec_path, overrides)
+    flow_run = server.get(f"/flow_runs/{flow_run_id}")
+    assert flow_run["deployment_id"] == deployment["id"]
+    assert flow_run["parameters"] == {"spec_path": str(spec_path), "overrides": overrides}
+
+    state, log = _work(server, flow_run_id, tmp_path / "worker", policy)
     assert state.get("type") == "COMPLETED", (
         f"flow run {flow_run_id} ended {state.get('type')} ({state.get('message')}); the worker's output:\n{log}"
     )
@@ -377,3 +399,39 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), f"the API key leaked into {path}"
     assert SECRET not in log, "the API key appears in the worker's output"
+
+
+def test_a_deployment_run_cannot_change_a_key_it_is_not_allowed_to_or_send_the_key_elsewhere(
+    prefect_server, simulator, tmp_path
+):
+    """From the UI, a run that points the endpoint at another host (a listener on 127.0.0.1, another
+    port, that records Authorization headers) is refused before any work: by the worker's default
+    allow-list, and, when the worker allows base_url changes, because the key goes only to the host
+    the spec file names. Neither the simulator nor the listener hears a request."""
+    from tests.auth_listener import AuthListener
+
+    server = prefect_server
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    spec_path = _write_spec(spec_dir, simulator.url).resolve()
+    roots = {"ULTRAFEEDBACK_INPUT_ROOTS": str(spec_dir), "ULTRAFEEDBACK_OUTPUT_ROOTS": str(spec_dir)}
+    _deploy(server)
+    with AuthListener() as listener:
+        redirect = [f"endpoints.sim.base_url={listener.url}"]
+        cases = {
+            "not allowed": ({}, "overrides\\[0\\] \\(endpoints.sim.base_url\\) changes endpoints.sim.base_url"),
+            "key pinned": (
+                {"ULTRAFEEDBACK_ALLOWED_OVERRIDES": "endpoints.*.base_url"},
+                f"endpoint 'sim': its key goes only to http://127.0.0.1:{simulator.port} .*not to .*:{listener.port}$",
+            ),
+        }
+        for case, (allowed, reason) in cases.items():
+            flow_run_id = _start_run(server, spec_path, redirect)
+            state, log = _work(server, flow_run_id, tmp_path / f"worker-{case.replace(' ', '-')}", {**roots, **allowed})
+            assert state.get("type") == "FAILED", f"{case}: the run ended {state.get('type')}:\n{log}"
+            assert re.search("DeploymentRefused: deployment run refused: " + reason, state.get("message") or ""), (
+                f"{case}: {state.get('message')}"
+            )
+        assert listener.requests == [], listener.requests
+    assert simulator.stats()["total"] == 0, simulator.stats()
+    assert not (spec_dir / "spec-store").exists(), "a refused run started work"
