@@ -105,7 +105,9 @@ def stop_tree(process: subprocess.Popen, grace_s: float = 20.0) -> None:
 
 
 class RssMonitor(threading.Thread):
-    """Peak RSS of a process and all its descendants, summed, sampled every ``POLL_S`` seconds."""
+    """Peak RSS of a process and all its descendants, summed, sampled every ``POLL_S`` seconds; and
+    the CPU seconds (user + system) each of them used, as last sampled (a process that lives less
+    than ``POLL_S`` may be missed)."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -113,7 +115,15 @@ class RssMonitor(threading.Thread):
         self.peak_tree = 0
         self.peak_main = 0
         self.peak_processes = 0
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds)
         self._stop_event = threading.Event()
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds per kind of process: main, prefect-server, worker (spawned pools), other."""
+        out: Counter[str] = Counter()
+        for role, seconds in self.cpu.values():
+            out[role] += seconds
+        return {role: round(seconds, 2) for role, seconds in out.items()}
 
     def sample(self) -> None:
         import psutil
@@ -126,6 +136,9 @@ class RssMonitor(threading.Thread):
                 total += rss
                 if member.pid == self.pid:
                     self.peak_main = max(self.peak_main, rss)
+                times = member.cpu_times()
+                role = self.cpu.get(member.pid, ("", 0.0))[0] or _role(member, self.pid)
+                self.cpu[member.pid] = (role, times.user + times.system)
         self.peak_tree = max(self.peak_tree, total)
         self.peak_processes = max(self.peak_processes, len(members))
 
@@ -137,6 +150,30 @@ class RssMonitor(threading.Thread):
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=5)
+
+
+def _role(member: Any, main_pid: int) -> str:
+    """What a process of the build's tree is, from its command line."""
+    if member.pid == main_pid:
+        return "main"
+    command = " ".join(member.cmdline())
+    if "uvicorn" in command or "prefect" in command and "server" in command:
+        return "prefect-server"
+    if "multiprocessing" in command:
+        return "worker"
+    return "other"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants."""
+    import psutil
+
+    total = 0.0
+    for member in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            times = member.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 class SimulatorProcess:
@@ -246,7 +283,9 @@ def build_env(spec: dict[str, Any], prefect_home: Path) -> dict[str, str]:
     return env
 
 
-def run_build(overrides: list[str], env: dict[str, str], log: Path, timeout_s: float) -> dict[str, Any]:
+def run_build(
+    overrides: list[str], env: dict[str, str], log: Path, timeout_s: float, sim_pid: int | None = None
+) -> dict[str, Any]:
     """Run ``ultrafeedback build`` on the paper spec; wall time, exit code and peak RSS of its tree."""
     command = [*_cli(), "build", str(PAPER_SPEC)]
     for override in overrides:
@@ -258,6 +297,7 @@ def run_build(overrides: list[str], env: dict[str, str], log: Path, timeout_s: f
         )
         monitor = RssMonitor(process.pid)
         monitor.start()
+        sim_cpu = cpu_seconds(sim_pid) if sim_pid else None
         timed_out = False
         try:
             try:
@@ -279,6 +319,8 @@ def run_build(overrides: list[str], env: dict[str, str], log: Path, timeout_s: f
         "peak_rss_tree_bytes": monitor.peak_tree,
         "peak_rss_main_bytes": monitor.peak_main,
         "peak_processes": monitor.peak_processes,
+        "cpu_s": monitor.cpu_by_role(),
+        "simulator_cpu_s": round(cpu_seconds(sim_pid) - sim_cpu, 2) if sim_pid and sim_cpu is not None else None,
         "release": next((line.strip() for line in reversed(lines) if "releases/v" in line), None),
         "log_tail": lines[-15:],
     }
@@ -334,7 +376,9 @@ async def _send_all(session: Any, base: str, bodies: Iterator[tuple[str, bytes]]
     await asyncio.gather(*(worker() for _ in range(slots)))
 
 
-async def _phase(base: str, plan: dict[str, list[tuple[list[tuple[str, bytes]], int]]], in_flight: int) -> dict:
+async def _phase(
+    base: str, plan: dict[str, list[tuple[list[tuple[str, bytes]], int]]], in_flight: int, sim_pid: int | None = None
+) -> dict:
     """Send one phase, every endpoint at once with ``in_flight`` slots each (its models share them); time it."""
     import aiohttp
 
@@ -343,6 +387,8 @@ async def _phase(base: str, plan: dict[str, list[tuple[list[tuple[str, bytes]], 
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         started = time.perf_counter()
+        cpu = time.process_time()
+        sim_cpu = cpu_seconds(sim_pid) if sim_pid else None
         runs = [
             _send_all(session, base, _round_robin(jobs), min(in_flight, sum(c for _, c in jobs)), errors)
             for jobs in plan.values()
@@ -350,7 +396,15 @@ async def _phase(base: str, plan: dict[str, list[tuple[list[tuple[str, bytes]], 
         ]
         await asyncio.gather(*runs)
         seconds = time.perf_counter() - started
-    return {"requests": sent, "seconds": round(seconds, 3), "errors": dict(errors)}
+        cpu = time.process_time() - cpu
+        sim_cpu = cpu_seconds(sim_pid) - sim_cpu if sim_pid and sim_cpu is not None else None
+    return {
+        "requests": sent,
+        "seconds": round(seconds, 3),
+        "errors": dict(errors),
+        "client_cpu_s": round(cpu, 2),
+        "simulator_cpu_s": round(sim_cpu, 2) if sim_cpu is not None else None,
+    }
 
 
 def bare_floor(spec: dict[str, Any], delta: dict[str, Any], sim: SimulatorProcess, in_flight: int) -> dict[str, Any]:
@@ -382,7 +436,7 @@ def bare_floor(spec: dict[str, Any], delta: dict[str, Any], sim: SimulatorProces
     out = {"faithful_bodies": faithful, "in_flight_per_endpoint": in_flight}
     for phase, plan in (("generation", generation), ("judge", judge_plan), ("pipeline", pipeline)):
         sim.reset()
-        out[phase] = asyncio.run(_phase(sim.url, plan, in_flight))
+        out[phase] = asyncio.run(_phase(sim.url, plan, in_flight, sim.process.pid if sim.process else None))
         out[phase]["max_in_flight"] = sim.stats().get("max_in_flight")
     return out
 
@@ -476,7 +530,8 @@ def run_fraction(
     )
     sim.reset()  # so max_in_flight is this build's
     before = sim.stats()
-    build = run_build(overrides, env, folder / "build.log", timeout_s)
+    sim_pid = sim.process.pid if sim.process else None
+    build = run_build(overrides, env, folder / "build.log", timeout_s, sim_pid)
     after = sim.stats()
     delta = stats_delta(after, before)
     summary = read_summary(store, spec["name"])
@@ -503,7 +558,7 @@ def run_fraction(
     result["stages"] = stage_rows(summary, delta, result.get("floor"))
     if ok and not args.no_rerun:
         before = sim.stats()
-        rerun = run_build(overrides, env, folder / "rerun.log", timeout_s)
+        rerun = run_build(overrides, env, folder / "rerun.log", timeout_s, sim_pid)
         moved = sim.stats()["total"] - before["total"]
         rerun_summary = read_summary(store, spec["name"])
         rerun.update(
@@ -558,7 +613,10 @@ def report_fraction(result: dict[str, Any]) -> None:
             rate = f["requests"] / f["seconds"] if f["seconds"] else 0
             print(
                 f"   floor {phase}: {f['requests']} requests in {f['seconds']:.1f} s = {rate:.0f} req/s, "
-                f"max in flight {f.get('max_in_flight')}" + (f"; errors {f['errors']}" if f["errors"] else "")
+                f"max in flight {f.get('max_in_flight')}; CPU ms/request: "
+                f"client {_per(f.get('client_cpu_s'), f['requests'])}, "
+                f"simulator {_per(f.get('simulator_cpu_s'), f['requests'])}"
+                + (f"; errors {f['errors']}" if f["errors"] else "")
             )
         if not floor["faithful_bodies"]:
             print("   note: the project's prompt builders did not import; the floor used plain bodies")
@@ -583,6 +641,14 @@ def report_fraction(result: dict[str, Any]) -> None:
         f"(main process {_gib(build['peak_rss_main_bytes'])}, up to {build['peak_processes']} processes); "
         f"store {result['store_bytes'] / 1024**2:.1f} MiB in {result['store_files']} files"
     )
+    total = result["simulator"]["total"]
+    if build.get("cpu_s") and total:
+        roles = ", ".join(f"{role} {secs:.1f} s" for role, secs in sorted(build["cpu_s"].items()))
+        print(
+            f"   CPU of the build: {sum(build['cpu_s'].values()):.1f} s ({roles}) = "
+            f"{_per(sum(build['cpu_s'].values()), total)} ms/request; simulator "
+            f"{_per(build.get('simulator_cpu_s'), total)} ms/request"
+        )
     rerun = result.get("rerun")
     if rerun:
         stages = ordered_stages(rerun.get("stage_seconds") or {})
@@ -595,6 +661,11 @@ def report_fraction(result: dict[str, Any]) -> None:
         )
     if result.get("rerun_error"):
         print(f"   {result['rerun_error']}")
+
+
+def _per(seconds: float | None, requests: int) -> str:
+    """CPU milliseconds per request, as text."""
+    return f"{seconds * 1000 / requests:.3f}" if seconds is not None and requests else "-"
 
 
 def _stage(result: dict[str, Any], kind: str) -> dict[str, Any] | None:
