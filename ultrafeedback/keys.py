@@ -49,14 +49,33 @@ def request_id(
     )
 
 
+def text_hash(text: str) -> str:
+    """The hash of a response text that every key computed from the response carries (24 hex digits
+    of SHA-256 over its UTF-8 bytes, as stored: a changed text, even by a space, gets new keys)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
 def annotation_key(
-    completion_ids: list[str], aspect: str, judge_model: str, template_version: str, sampling_json: str
+    completion_ids: list[str],
+    response_hashes: list[str],
+    aspect: str,
+    judge_model: str,
+    template_version: str,
+    sampling_json: str,
 ) -> str:
-    return content_key("annotation", completion_ids, aspect, judge_model, template_version, sampling_json)
+    """One judge call over completions in the order shown, keyed by their ids *and* the hashes of
+    the texts shown (``text_hash``): a rating can only be found again for the texts it rated."""
+    if len(completion_ids) != len(response_hashes):
+        raise ValueError(f"{len(completion_ids)} completion ids but {len(response_hashes)} response hashes")
+    shown = [[cid, digest] for cid, digest in zip(completion_ids, response_hashes, strict=True)]
+    return content_key("annotation/2", shown, aspect, judge_model, template_version, sampling_json)
 
 
-def critique_key(completion_id: str, judge_model: str, template_version: str, sampling_json: str) -> str:
-    return content_key("critique", completion_id, judge_model, template_version, sampling_json)
+def critique_key(
+    completion_id: str, response_hash: str, judge_model: str, template_version: str, sampling_json: str
+) -> str:
+    """One critique of one completion, keyed by its id and the hash of the text critiqued."""
+    return content_key("critique/2", completion_id, response_hash, judge_model, template_version, sampling_json)
 
 
 def seeded_int(seed: int, *parts: Any) -> int:

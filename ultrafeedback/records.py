@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ASPECTS: tuple[str, ...] = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 """The four fine-grained aspects, in the order the original release lists them."""
@@ -75,11 +75,24 @@ class Completion(_Record):
     instruction_id: str
     model: str
     response: str
+    response_hash: str = Field(
+        default="", description="keys.text_hash(response), set from the response when not given; judge keys carry it"
+    )
     finish_reason: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
     latency_s: float = 0.0
     backend: str = ""
+
+    @model_validator(mode="after")
+    def _hash_of_response(self) -> Completion:
+        from ultrafeedback.keys import text_hash
+
+        digest = text_hash(self.response)
+        if self.response_hash and self.response_hash != digest:
+            raise ValueError(f"response_hash {self.response_hash} is not the hash of the response ({digest})")
+        object.__setattr__(self, "response_hash", digest)
+        return self
 
 
 class AspectAnnotation(_Record):

@@ -5,10 +5,10 @@ completions in shuffled order, one critique per completion; and the keys they ar
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
-from ultrafeedback.keys import annotation_key, critique_key
+from ultrafeedback.keys import annotation_key, critique_key, text_hash
 from ultrafeedback.records import (
     Completion,
     CompletionRequest,
@@ -64,13 +64,12 @@ def available_by_instruction(
 
 
 def aspect_keys(
-    spec: Spec, instruction_id: str, available: list[CompletionRequest]
+    spec: Spec, instruction_id: str, available: list[CompletionRequest], hashes: Mapping[str, str]
 ) -> dict[str, tuple[str, list[str]]]:
-    """aspect -> (annotation key, completion ids in the order shown to the judge)."""
-    from ultrafeedback.tasks.annotate.prompts import TEMPLATE_VERSION, shuffle_order
+    """aspect -> (annotation key, completion ids in the order shown to the judge). ``hashes`` maps
+    each completion id to the hash of its response text (``keys.text_hash``), which the key carries."""
+    from ultrafeedback.tasks.annotate.prompts import shuffle_order
 
-    judge = judge_model_id(spec)
-    sampling = spec.judge.sampling.canonical_json()
     out = {}
     for aspect in spec.judge.aspects:
         if spec.judge.shuffle:
@@ -78,15 +77,24 @@ def aspect_keys(
         else:
             order = list(range(len(available)))
         ids = [available[i].request_id for i in order]
-        out[aspect] = (annotation_key(ids, aspect, judge, TEMPLATE_VERSION, sampling), ids)
+        out[aspect] = (aspect_key(spec, aspect, ids, hashes), ids)
     return out
 
 
-def critique_key_for(spec: Spec, completion_id: str) -> str:
+def aspect_key(spec: Spec, aspect: str, ids: list[str], hashes: Mapping[str, str]) -> str:
+    """The annotation key of one aspect over completions ``ids`` in the order shown."""
+    from ultrafeedback.tasks.annotate.prompts import TEMPLATE_VERSION
+
+    sampling = spec.judge.sampling.canonical_json()
+    return annotation_key(ids, [hashes[i] for i in ids], aspect, judge_model_id(spec), TEMPLATE_VERSION, sampling)
+
+
+def critique_key_for(spec: Spec, completion_id: str, response_hash: str) -> str:
     from ultrafeedback.tasks.annotate.prompts import CRITIQUE_TEMPLATE_VERSION
 
     return critique_key(
         completion_id,
+        response_hash,
         judge_model_id(spec),
         CRITIQUE_TEMPLATE_VERSION,
         spec.judge.critique_sampling.canonical_json(),
@@ -105,7 +113,7 @@ def plan_jobs(
     return plan_shard_jobs(
         spec,
         requests,
-        completions,
+        {i: c.response_hash for i, c in completions.items()},
         done_annotations,
         done_critiques,
         lambda: instructions,
@@ -116,7 +124,7 @@ def plan_jobs(
 def plan_shard_jobs(
     spec: Spec,
     requests: Sequence[CompletionRequest],
-    present: Container[str],
+    present: Mapping[str, str],
     done_annotations: Container[str],
     done_critiques: Container[str],
     load_instructions: Callable[[], dict[str, Instruction]],
@@ -124,21 +132,23 @@ def plan_shard_jobs(
 ) -> tuple[list[AspectJob], list[CritiqueJob]]:
     """The judge calls still to make for one shard's requests, planned from keys alone.
 
-    ``present`` holds the request ids that have a completion, ``done_*`` the stored result keys;
-    the instructions and the response texts are loaded (``load_*``) only when something is
-    pending, and only the texts the pending calls show.
+    ``present`` maps the request ids that have a completion to the hash of their response
+    (``Completion.response_hash``), ``done_*`` holds the stored result keys; the instructions and
+    the response texts are loaded (``load_*``) only when something is pending, and only the texts
+    the pending calls show. A job's key is computed again from the texts it shows, so a text that
+    changed between planning and loading can never be rated under the old text's key.
     """
     from ultrafeedback.tasks.annotate.prompts import world_knowledge
 
     aspect_units: list[tuple[str, str, str, list[str]]] = []
     critique_units: list[tuple[str, CompletionRequest]] = []
     for instruction_id, available in available_by_instruction(requests, present).items():
-        for aspect, (key, ids) in aspect_keys(spec, instruction_id, available).items():
+        for aspect, (key, ids) in aspect_keys(spec, instruction_id, available, present).items():
             if key not in done_annotations:
                 aspect_units.append((instruction_id, aspect, key, ids))
         if spec.judge.critique:
             for request in available:
-                key = critique_key_for(spec, request.request_id)
+                key = critique_key_for(spec, request.request_id, present[request.request_id])
                 if key not in done_critiques:
                     critique_units.append((key, request))
     if not aspect_units and not critique_units:
@@ -146,6 +156,20 @@ def plan_shard_jobs(
     instructions = load_instructions()
     wanted = {i for *_, ids in aspect_units for i in ids} | {r.request_id for _, r in critique_units}
     texts = load_texts(sorted(wanted))
+    shown = {i: text_hash(text) for i, text in texts.items()}
+    if any(shown[i] != present[i] for i in shown):  # rewritten meanwhile: key the jobs by what they show
+        aspect_units = [
+            (instruction_id, aspect, key, ids)
+            for instruction_id, aspect, _, ids in aspect_units
+            for key in [aspect_key(spec, aspect, ids, shown)]
+            if key not in done_annotations
+        ]
+        critique_units = [
+            (key, request)
+            for _, request in critique_units
+            for key in [critique_key_for(spec, request.request_id, shown[request.request_id])]
+            if key not in done_critiques
+        ]
     sources = {s.name: s for s in spec.sources}
     aspect_jobs: list[AspectJob] = []
     for instruction_id, aspect, key, ids in aspect_units:

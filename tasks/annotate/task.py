@@ -5,7 +5,7 @@ from __future__ import annotations
 from ultrafeedback.infra.progress import progress_callback
 from ultrafeedback.tasks.annotate.jobs import ANNOTATIONS, CRITIQUES, plan_shard_jobs
 from ultrafeedback.tasks.annotate.judge import annotate_shard
-from ultrafeedback.tasks.generate.generate import shard_label
+from ultrafeedback.tasks.generate.generate import response_hashes, shard_label
 from ultrafeedback.tasks.stages import Run, ShardReport, Stage
 
 LOGS = (ANNOTATIONS, f"failures/{ANNOTATIONS}", CRITIQUES, f"failures/{CRITIQUES}")
@@ -15,7 +15,8 @@ def run_annotate(run: Run, shard: int) -> ShardReport:
     """Rate and critique the shard's completions that have no stored judge result yet."""
     requests = run.requests(shard)
     completions = run.log("completions")
-    present = completions.index()
+    done = completions.index()
+    present = response_hashes(completions, [r.request_id for r in requests if r.request_id in done])
 
     def texts(ids: list[str]) -> dict[str, str]:
         table = completions.read_keys(ids, ["request_id", "response"])

@@ -40,6 +40,20 @@ def shard_label(shard: int) -> str:
     return f"s{shard:05d}"
 
 
+def response_hashes(completions: ResultLog, ids: Sequence[str]) -> dict[str, str]:
+    """Completion id -> ``Completion.response_hash`` of the stored completions among ``ids``, from
+    the key and hash columns (parts written before the hash column existed: from the text)."""
+    from ultrafeedback.keys import text_hash
+
+    try:
+        table = completions.read_keys(ids, ["request_id", "response_hash"])
+        hashes = table.column("response_hash").to_pylist()
+    except (KeyError, ValueError):  # pyarrow: a part without the column
+        table = completions.read_keys(ids, ["request_id", "response"])
+        hashes = [text_hash(text) for text in table.column("response").to_pylist()]
+    return dict(zip(table.column("request_id").to_pylist(), hashes, strict=True))
+
+
 def failure_from(stage: str, shard: int, result: LLMResult) -> Failure:
     return Failure(
         stage=stage,

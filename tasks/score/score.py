@@ -47,10 +47,13 @@ def build_scored(
         assigned[request.instruction_id].append(request)
     kind = judge_kind(spec)
     judge = judge_model_id(spec)
+    # the hashes of the texts being published (Completion computes them from the response), so a
+    # judge result joins only the text it saw
+    hashes = {i: c.response_hash for i, c in completions.items()}
     for instruction_id, available in available_by_instruction(requests, completions).items():
         instruction = instructions[instruction_id]
         fields: dict[str, dict[str, Any]] = {r.request_id: {} for r in available}
-        for aspect, (key, ids) in aspect_keys(spec, instruction_id, available).items():
+        for aspect, (key, ids) in aspect_keys(spec, instruction_id, available, hashes).items():
             annotation = annotations.get(key)
             if annotation is None:
                 continue
@@ -68,7 +71,9 @@ def build_scored(
         for request in available:
             completion = completions[request.request_id]
             target = fields[request.request_id]
-            critique = critiques.get(critique_key_for(spec, request.request_id)) if spec.judge.critique else None
+            critique = None
+            if spec.judge.critique:
+                critique = critiques.get(critique_key_for(spec, request.request_id, hashes[request.request_id]))
             ratings = [target.get(f"{a}_rating") for a in spec.judge.aspects]
             rows.append(
                 ScoredCompletion(

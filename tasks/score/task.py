@@ -28,6 +28,7 @@ from ultrafeedback.tasks.annotate.jobs import (
     judge_kind,
     judge_model_id,
 )
+from ultrafeedback.tasks.generate.generate import response_hashes
 from ultrafeedback.tasks.score.score import build_scored
 from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint, shard_file_rows
 
@@ -61,18 +62,19 @@ def shard_keys(run: Run, shard: int) -> ShardKeys:
     requests = run.request_keys(shard)
     completions = run.log("completions").index()
     present = [r.request_id for r in requests if r.request_id in completions]
+    hashes = response_hashes(run.log("completions"), present) if present else {}
     annotations = run.log(ANNOTATIONS).index()
     wanted = [
         key
-        for instruction_id, available in available_by_instruction(requests, set(present)).items()
-        for key, _ in aspect_keys(spec, instruction_id, available).values()
+        for instruction_id, available in available_by_instruction(requests, hashes).items()
+        for key, _ in aspect_keys(spec, instruction_id, available, hashes).values()
     ]
     annotation_keys = [key for key in wanted if key in annotations]
     critique_keys: list[str] = []
     missing = len(wanted) - len(annotation_keys)
     if spec.judge.critique:
         critiques = run.log(CRITIQUES).index()
-        wanted = [critique_key_for(spec, i) for i in present]
+        wanted = [critique_key_for(spec, i, hashes[i]) for i in present]
         critique_keys = [key for key in wanted if key in critiques]
         missing += len(wanted) - len(critique_keys)
     digest = fingerprint(

@@ -1,4 +1,15 @@
-from ultrafeedback.keys import content_key, instruction_id, normalise_text, request_id, seeded_int
+import pytest
+
+from ultrafeedback.keys import (
+    annotation_key,
+    content_key,
+    critique_key,
+    instruction_id,
+    normalise_text,
+    request_id,
+    seeded_int,
+    text_hash,
+)
 
 
 def test_normalise_text_trims_and_unifies_newlines():
@@ -23,3 +34,18 @@ def test_instruction_id_depends_on_source():
 
 def test_seeded_int_is_stable():
     assert seeded_int(1, "a") == seeded_int(1, "a") != seeded_int(2, "a")
+
+
+def test_judge_keys_carry_the_hash_of_every_text_shown():
+    ids, hashes = ["a", "b"], [text_hash("first"), text_hash("second")]
+    key = annotation_key(ids, hashes, "honesty", "judge", "v1", "{}")
+    assert annotation_key(ids, [text_hash("first"), text_hash("second ")], "honesty", "judge", "v1", "{}") != key
+    assert annotation_key(ids, list(reversed(hashes)), "honesty", "judge", "v1", "{}") != key  # texts swapped
+    critiqued = critique_key("a", text_hash("x"), "judge", "v1", "{}")
+    assert critique_key("a", text_hash("y"), "judge", "v1", "{}") != critiqued
+    assert text_hash("x") == text_hash("x") and len(text_hash("x")) == 24
+
+
+def test_an_annotation_key_needs_a_hash_per_completion():
+    with pytest.raises(ValueError, match="2 completion ids but 1 response hashes"):
+        annotation_key(["a", "b"], [text_hash("x")], "honesty", "judge", "v1", "{}")

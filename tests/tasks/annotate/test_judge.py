@@ -14,6 +14,7 @@ from ultrafeedback.infra.llm.base import LLMResult
 from ultrafeedback.infra.llm.limiter import reset_limiters
 from ultrafeedback.infra.simulator import Simulator, SimulatorConfig
 from ultrafeedback.infra.store import ResultLog, Store
+from ultrafeedback.keys import text_hash
 from ultrafeedback.records import AspectAnnotation, Critique, Instruction
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.annotate.jobs import (
@@ -21,6 +22,7 @@ from ultrafeedback.tasks.annotate.jobs import (
     CRITIQUES,
     AspectJob,
     CritiqueJob,
+    aspect_key,
     aspect_keys,
     critique_key_for,
     plan_jobs,
@@ -33,19 +35,24 @@ from ultrafeedback.tasks.annotate.prompts import world_knowledge
 JOBS = 8  # 2 instructions x (2 aspects + 2 critiques)
 
 
+def hashes(inputs: ShardInputs) -> dict[str, str]:
+    """Completion id -> the hash of its response (what planning reads from the hash column)."""
+    return {i: c.response_hash for i, c in inputs.completions.items()}
+
+
 def expected_jobs(spec: Spec, inputs: ShardInputs) -> tuple[list[AspectJob], list[CritiqueJob]]:
     """Every judge call of the inputs, built from the keys by hand (nothing stored)."""
     aspect_jobs, critique_jobs = [], []
     for iid, instruction in inputs.instructions.items():
         available = inputs.available(iid)
-        for aspect, (key, ids) in aspect_keys(spec, iid, available).items():
+        for aspect, (key, ids) in aspect_keys(spec, iid, available, hashes(inputs)).items():
             knowledge = None
             if aspect == "truthfulness":
                 knowledge = world_knowledge("answers", instruction.correct_answers, instruction.incorrect_answers)
             texts = [inputs.completions[i].response for i in ids]
             aspect_jobs.append(AspectJob(key, instruction, aspect, ids, texts, knowledge))
         for request in available:
-            key = critique_key_for(spec, request.request_id)
+            key = critique_key_for(spec, request.request_id, hashes(inputs)[request.request_id])
             critique_jobs.append(
                 CritiqueJob(key, instruction, request, inputs.completions[request.request_id].response)
             )
@@ -246,7 +253,7 @@ def loaders(inputs: ShardInputs):
 def plan(spec: Spec, inputs: ShardInputs, done_annotations=(), done_critiques=()):
     calls, load_instructions, load_texts = loaders(inputs)
     jobs = plan_shard_jobs(
-        spec, inputs.requests, set(inputs.completions), set(done_annotations), set(done_critiques),
+        spec, inputs.requests, hashes(inputs), set(done_annotations), set(done_critiques),
         load_instructions, load_texts,
     )  # fmt: skip
     return jobs, calls
@@ -299,9 +306,34 @@ def test_requests_without_a_completion_are_not_judged(tmp_path):
     (aspect_jobs, critique_jobs), calls = plan(spec, inputs)
     i0_aspects = [j for j in aspect_jobs if j.instruction.id == "i0"]
     assert [j.completion_ids for j in i0_aspects] == [["i0-0"], ["i0-0"]]
-    assert {j.key for j in i0_aspects} == {key for key, _ in aspect_keys(spec, "i0", inputs.available("i0")).values()}
+    keyed = aspect_keys(spec, "i0", inputs.available("i0"), hashes(inputs))
+    assert {j.key for j in i0_aspects} == {key for key, _ in keyed.values()}
     assert sorted(j.request.request_id for j in critique_jobs) == ["i0-0", "i1-0", "i1-1"]
     assert "i0-1" not in calls["texts"][0]
+
+
+def test_a_text_rewritten_after_planning_is_keyed_by_the_text_shown(tmp_path):
+    """The hash column said one text, the loaded text is another (rewritten meanwhile): the jobs
+    that show it carry the key of what they show, never the planned one."""
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    planned_aspects, planned_critiques = expected_jobs(spec, inputs)
+    calls, load_instructions, load_texts = loaders(inputs)
+
+    def rewritten(ids: list[str]) -> dict[str, str]:
+        texts = load_texts(ids)
+        return {i: text + " (rewritten)" if i == "i0-1" else text for i, text in texts.items()}
+
+    aspect_jobs, critique_jobs = plan_shard_jobs(
+        spec, inputs.requests, hashes(inputs), set(), set(), load_instructions, rewritten
+    )
+    for job in aspect_jobs:
+        shown = {i: text_hash(t) for i, t in zip(job.completion_ids, job.texts, strict=True)}
+        assert job.key == aspect_key(spec, job.aspect, job.completion_ids, shown)
+        assert (job.key in {j.key for j in planned_aspects}) == ("i0-1" not in job.completion_ids)
+    for job in critique_jobs:
+        assert job.key == critique_key_for(spec, job.request.request_id, text_hash(job.response))
+        assert (job.key in {j.key for j in planned_critiques}) == (job.request.request_id != "i0-1")
 
 
 def test_plan_jobs_gives_the_jobs_of_plan_shard_jobs(tmp_path):

@@ -84,3 +84,27 @@ def test_an_empty_answer_is_a_failure_not_a_completion(setup):
     assert [(f["key"], f["reason"]) for f in failures] == [(empty, "empty_response")]
     assert report.failed == {"empty_response": 1}
 
+
+
+def test_a_completion_carries_the_hash_of_its_text_and_refuses_another():
+    from ultrafeedback.keys import text_hash
+
+    completion = Completion(request_id="r", instruction_id="i", model="m", response="an answer")
+    assert completion.response_hash == text_hash("an answer")
+    with pytest.raises(ValueError, match="is not the hash of the response"):
+        Completion(request_id="r", instruction_id="i", model="m", response="another", response_hash=text_hash("x"))
+
+
+def test_response_hashes_read_the_hash_column_or_hash_old_parts(tmp_path):
+    import pyarrow as pa
+
+    from ultrafeedback.keys import text_hash
+    from ultrafeedback.tasks.generate.generate import response_hashes
+
+    store = Store(str(tmp_path), "h")
+    log = store.log("completions")
+    log.append([Completion(request_id="new", instruction_id="i", model="m", response="fresh")], label="s00000")
+    assert response_hashes(log, ["new", "missing"]) == {"new": text_hash("fresh")}
+    old = store.log("completions")  # a part written before the hash column existed
+    old.append(pa.table({"request_id": ["old"], "instruction_id": ["i"], "model": ["m"], "response": ["stale"]}))
+    assert response_hashes(store.log("completions"), ["old"]) == {"old": text_hash("stale")}

@@ -22,12 +22,16 @@ def annotation(spec, key: str, instruction_id: str, aspect: str, ids: list[str],
     )
 
 
+def hashes(inputs) -> dict[str, str]:
+    return {i: c.response_hash for i, c in inputs.completions.items()}
+
+
 def rated(spec, inputs, rating_of) -> dict[str, AspectAnnotation]:
     """An annotation per (instruction, aspect) under its current key, rating each text
     ``rating_of(completion id, aspect)`` in the (shuffled) order the judge saw them."""
     out = {}
     for iid in inputs.instructions:
-        for aspect, (key, ids) in aspect_keys(spec, iid, inputs.available(iid)).items():
+        for aspect, (key, ids) in aspect_keys(spec, iid, inputs.available(iid), hashes(inputs)).items():
             blocks = [
                 aspect_block(aspect, slot, rating_of(cid, aspect), f"about {cid}", "1, 3", "clear")
                 for slot, cid in enumerate(ids, start=1)
@@ -54,6 +58,35 @@ def test_each_rating_lands_on_the_completion_it_was_given_for(tmp_path):
     assert by_id["i0-1"].truthfulness_type == ["1", "3"]
     assert by_id["i0-0"].fine_grained_score == 5.0
     assert by_id["i1-0"].critique is None and by_id["i1-0"].overall_score is None  # no critique stored
+
+
+def test_a_rating_of_another_text_of_the_same_completion_is_never_joined(tmp_path):
+    """A completion rewritten after it was judged (a second run of a non-deterministic model):
+    the stored ratings and critique were made on the old text, so the row gets none of them."""
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    annotations = rated(spec, inputs, lambda cid, aspect: "4")
+    old = inputs.completions["i0-1"]
+    critiques = {
+        critique_key_for(spec, "i0-1", old.response_hash): Critique(
+            critique_key=critique_key_for(spec, "i0-1", old.response_hash),
+            completion_id="i0-1",
+            instruction_id="i0",
+            raw="Fine.\nOverall Score: 9",
+            critique="Fine.",
+            overall_score=9.0,
+            judge_model=judge_model_id(spec),
+            judge_kind=judge_kind(spec),
+        )
+    }
+    rewritten = old.model_copy(update={"response": old.response + " (a different answer)", "response_hash": ""})
+    completions = {**inputs.completions, "i0-1": type(old)(**rewritten.model_dump())}
+    rows = build_scored(spec, inputs.instructions, inputs.requests, completions, annotations, critiques)
+    by_id = {r.completion_id: r for r in rows}
+    assert ratings_by_id(rows)["i0-1"] == dict.fromkeys(ASPECTS, None)
+    assert ratings_by_id(rows)["i0-0"] == dict.fromkeys(ASPECTS, None)  # rated beside the old text
+    assert by_id["i0-1"].overall_score is None
+    assert ratings_by_id(rows)["i1-0"] == dict.fromkeys(ASPECTS, "4")  # the other instruction is untouched
 
 
 def test_a_missing_or_unparseable_annotation_leaves_its_aspect_null(tmp_path):
@@ -86,8 +119,8 @@ def test_critiques_and_a_failed_completion(tmp_path):
     inputs = shard_inputs()
     del inputs.completions["i1-1"]  # its generation failed: the row is absent, the model still listed
     critiques = {
-        critique_key_for(spec, cid): Critique(
-            critique_key=critique_key_for(spec, cid),
+        critique_key_for(spec, cid, hashes(inputs)[cid]): Critique(
+            critique_key=critique_key_for(spec, cid, hashes(inputs)[cid]),
             completion_id=cid,
             instruction_id=cid.split("-")[0],
             raw="Good.\nOverall Score: 7.5",
