@@ -58,6 +58,11 @@ class GateContext(BaseModel):
         default=False,
         description="binarized chosen must score strictly higher (Argilla rule); H4 keeps ties",
     )
+    failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="the most frequent open request failures ('completions:http_500' -> count), "
+        "for a gate whose stage has nothing to check because every request failed",
+    )
     quarantine_examples: list[dict[str, Any]] = Field(
         default_factory=list, description="a few Quarantined records (model_dump), shown on failure"
     )

@@ -31,6 +31,7 @@ LEADERBOARD_COLUMNS: tuple[str, ...] = (
 """Columns of ``AggregateResult.leaderboard`` besides ``mean_<aspect>``, one per judged aspect."""
 
 COMPLETIONS_TOTAL = "completions sum to expected"
+SCORED = "models scored"
 
 
 def build_aggregate(ctx: GateContext) -> list[Expectation]:
@@ -82,8 +83,18 @@ def _completions_total(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
     )
 
 
+def _scored(df: pd.DataFrame, ctx: GateContext) -> CheckResult:
+    """A leaderboard without rows: nothing was scored, so say why in one line (the requests' most
+    frequent failures, ``ctx.failures``) rather than fail every column check."""
+    if len(df):
+        return CheckResult(name=SCORED, passed=True, observed=len(df), expected=">= 1", detail=f"{len(df)} models")
+    reasons = ", ".join(f"{reason} {count}" for reason, count in ctx.failures.items())
+    detail = "no completion was scored" + (f"; failed requests: {reasons}" if reasons else "")
+    return CheckResult(name=SCORED, passed=False, observed=0, expected=">= 1", detail=detail)
+
+
 def _checks(df: pd.DataFrame, ctx: GateContext) -> list[CheckResult]:
-    return [_completions_total(df, ctx)]
+    return [_scored(df, ctx), _completions_total(df, ctx)]
 
 
 SUITE = Suite("aggregate", build_aggregate, checks=_checks)

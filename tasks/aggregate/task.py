@@ -8,6 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ultrafeedback.infra.dask_cluster import dask_client
+from ultrafeedback.infra.store import Store
 from ultrafeedback.outputs import OUTPUTS
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.aggregate.aggregate import aggregate
@@ -108,7 +109,27 @@ def _gate_rows(run: Run, unit: Any) -> Any:
 
 def _facts(run: Run) -> dict[str, Any]:
     scored = OUTPUTS["scored"]
-    return {"expected_completions": sum(run.store.num_rows(scored.shard_path(s)) for s in run.shards())}
+    facts: dict[str, Any] = {
+        "expected_completions": sum(run.store.num_rows(scored.shard_path(s)) for s in run.shards())
+    }
+    if not run.facts["aggregate"]["leaderboard"]:  # nothing scored: the gate says why
+        facts["failures"] = top_failures(run.store)
+    return facts
+
+
+def top_failures(store: Store, top: int = 3) -> dict[str, int]:
+    """The most frequent reasons of the requests that failed and were not answered since,
+    ``{"completions:http_500": 12}``."""
+    from collections import Counter
+
+    from ultrafeedback.outputs import FAILED_OUTPUTS
+    from ultrafeedback.status import open_failures
+
+    counts: Counter[str] = Counter()
+    for name in FAILED_OUTPUTS:
+        for row in open_failures(store, name, store.log(name).keys()):
+            counts[f"{name}:{row['reason']}"] += 1
+    return dict(counts.most_common(top))
 
 
 AGGREGATE = Stage(

@@ -116,3 +116,14 @@ def test_a_model_outside_the_pool_fails(tmp_path: Path) -> None:
     result = _gate(_spec(), _leaderboard(tmp_path / "scored", rows), len(rows))
     assert [check.name for check in result.failed] == ["model in pool"]
     assert result.check("model in pool").examples == ["gpt-9"]
+
+
+def test_an_empty_leaderboard_fails_in_one_line_with_the_failure_reasons() -> None:
+    failures = {"completions:http_500": 12, "completions:timeout": 2}
+    ctx = GateContext.from_spec(_spec(), expected_completions=0, failures=failures)
+    result = run_gate("aggregate", pd.DataFrame([]), ctx)
+    assert not result.passed
+    assert result.summary() == (
+        "gate 'aggregate' failed: models scored: no completion was scored; "
+        "failed requests: completions:http_500 12, completions:timeout 2"
+    )

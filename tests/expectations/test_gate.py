@@ -60,9 +60,7 @@ def test_summary_names_every_failed_check_with_observed_and_expected(failing: Ga
     summary = failing.summary()
     assert summary.startswith("gate 'generate' failed: ")
     assert "response not empty: 3 of 20 rows are empty (expected none)" in summary
-    assert (
-        "model in pool: 1 of 20 rows name a model outside the pool (expected none), e.g. 'gpt-9'" in summary
-    )
+    assert "model in pool: 1 of 20 rows name a model outside the pool (expected none), e.g. 'gpt-9'" in summary
     assert "generation success rate: 17 of 20 requests gave a non-empty response" in summary
     assert "request_id unique" not in summary
 
@@ -133,9 +131,7 @@ def test_new_thresholds_take_effect_on_the_next_run(completions: pd.DataFrame) -
     assert not run_gate("generate", completions, strict).passed
 
 
-def test_one_context_per_process_and_no_result_pile_up(
-    completions: pd.DataFrame, generate_ctx: GateContext
-) -> None:
+def test_one_context_per_process_and_no_result_pile_up(completions: pd.DataFrame, generate_ctx: GateContext) -> None:
     context = get_context()
     run_gate("generate", completions, generate_ctx)
     assert get_context() is context
@@ -243,3 +239,30 @@ def test_context_from_spec_takes_everything_the_spec_knows() -> None:
     assert (ctx.k, ctx.expected_rows, ctx.quarantined) == (2, 10, 3)
     assert (ctx.allowed_sources, ctx.allowed_models, ctx.aspects) == (["evol"], ["a", "b"], ["honesty"])
     assert (ctx.critique, ctx.allow_ties, ctx.gates.min_pairs) == (False, False, 7)
+
+
+# --------------------------------------------------------------------------- a table with no rows
+
+
+@pytest.mark.parametrize("stage", ["ingest", "assign", "generate", "annotate", "aggregate", "pairs", "binarized"])
+def test_a_table_without_rows_or_columns_gives_no_column_errors(stage: str) -> None:
+    """Every request of a stage failed: its table has no rows, often no columns either. The suite's
+    row and column checks have nothing to say; only row counts and the stage's own checks run."""
+    ctx = GateContext(expected_rows=20, expected_completions=0, allowed_models=POOL, allowed_sources=["s"], k=4)
+    result = run_gate(stage, pd.DataFrame(), ctx)
+    assert "does not exist" not in result.summary() and "cannot evaluate" not in result.summary()
+    assert all(check.expectation != "expect_table_columns_to_match_set" for check in result.checks)
+    assert result.row_count == 0
+
+
+def test_row_counts_still_judge_a_table_without_rows() -> None:
+    ctx = GateContext(gates=Gates(min_instructions=1))
+    (check,) = [c for c in run_gate("ingest", pd.DataFrame(), ctx).checks if c.name == "enough instructions"]
+    assert not check.passed and check.detail == "0 rows (expected >= 1)"
+    lenient = run_gate("ingest", pd.DataFrame(), GateContext(gates=Gates(min_instructions=0)))
+    assert lenient.passed
+
+
+def test_an_empty_shard_leaves_the_verdict_to_the_stage_summary() -> None:
+    result = run_gate("generate", pd.DataFrame(), GateContext(expected_rows=20, allowed_models=POOL, scope="shard"))
+    assert result.passed and result.checks == []
