@@ -268,6 +268,17 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
 
 
 def run_build(spec: Spec) -> str:
+    """Hold the dataset's lease (``infra.lease``; one run writes a dataset at a time), then build.
+    The CLI takes the lease before Prefect starts; this takes it for deployment runs."""
+    from prefect.runtime import flow_run
+
+    from ultrafeedback.infra.lease import dataset_lease
+
+    with dataset_lease(store_for(spec), run_id=f"flow-run-{flow_run.id}", notify=get_run_logger().warning):
+        return _build_leased(spec)
+
+
+def _build_leased(spec: Spec) -> str:
     """Run every stage of ``spec`` and return the published release's URI.
 
     The summary (counts, failures by reason, tokens, time per stage) is reported whether the run
