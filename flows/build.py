@@ -45,6 +45,7 @@ class BuildSummary:
         self.tokens: dict[str, list[int]] = {}
         self.seconds: dict[str, float] = {}
         self.issued: Counter[str] = Counter()
+        self.replayed: Counter[str] = Counter()
         self.gates: dict[str, Any] = {}
 
     @contextmanager
@@ -64,6 +65,8 @@ class BuildSummary:
         for report in reports:
             if report["issued"]:
                 self.issued[report["stage"]] += report["issued"]
+            if report.get("replayed"):
+                self.replayed[report["stage"]] += report["replayed"]
             for reason, count in report["failed"].items():
                 self.failures[f"{report['stage']}:{reason}"] += count
             for model, (tokens_in, tokens_out) in report["tokens"].items():
@@ -87,6 +90,7 @@ class BuildSummary:
         return {
             "counts": self.counts,
             "requests_sent": dict(self.issued),
+            "answers_replayed": dict(self.replayed),
             "failures": dict(self.failures),
             "tokens": self.tokens,
             "estimated_cost_usd": self.cost(spec),
@@ -98,6 +102,12 @@ class BuildSummary:
         lines.append("counts:    " + ", ".join(f"{k} {v}" for k, v in self.counts.items()))
         sent = ", ".join(f"{k} {v}" for k, v in self.issued.items()) or "none"
         lines.append(f"calls:     {sent}")
+        if self.replayed:
+            lines.append(
+                "replayed:  "
+                + ", ".join(f"{k} {v}" for k, v in self.replayed.items())
+                + " (journalled answers of a killed run, not paid again)"
+            )
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
         lines.append(f"failures:  {failures}")
         cost = self.cost(spec)

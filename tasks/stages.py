@@ -241,6 +241,8 @@ class ShardReport:
     seconds: float = 0.0
     skipped: bool = False
     """nothing to do: the shard's outputs were up to date"""
+    replayed: int = 0
+    """answers taken from the journal of an earlier, killed run (no call made; in ``succeeded``/``failed``)"""
 
     def add_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
         pair = self.tokens.setdefault(model, [0, 0])
@@ -273,6 +275,7 @@ class ShardReport:
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
+            "replayed": self.replayed,
         }
 
 

@@ -201,9 +201,7 @@ def _parse_success(raw: bytes, chat: bool) -> tuple[str, str, int, int]:
             text = choice["text"]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
         snippet = raw[:_ERROR_SNIPPET].decode("utf-8", "replace")
-        raise _Failure(
-            "malformed_response", f"malformed response ({type(exc).__name__}): {snippet!r}", True
-        ) from None
+        raise _Failure("malformed_response", f"malformed response ({type(exc).__name__}): {snippet!r}", True) from None
     if text is not None and not isinstance(text, str):
         raise _Failure("malformed_response", f"malformed response: content is {type(text).__name__}", True)
     usage = data.get("usage") or {}
@@ -270,8 +268,16 @@ class OpenAICompatBackend:
         )
 
     # ------------------------------------------------------------------ public API
-    def run(self, requests: list[LLMRequest], on_result: ResultCallback) -> None:
+    records_arrivals = True
+    """``run`` takes ``on_arrival`` (``infra.journal.run_journaled`` journals on the I/O loop)."""
+
+    def run(
+        self, requests: list[LLMRequest], on_result: ResultCallback, on_arrival: ResultCallback | None = None
+    ) -> None:
         """Run every request; ``on_result`` is called once per request, in the calling thread.
+        ``on_arrival`` (optional) is called on the I/O loop as each result is read, before it is
+        queued to the caller: what must be written down before the process could die (the result
+        journal); it must be quick, and an exception from it fails the run like one from ``on_result``.
 
         Blocks until every request is done. The requests run on the process's I/O loop; the
         results are queued back to this thread as they finish. An exception raised by
@@ -287,7 +293,14 @@ class OpenAICompatBackend:
         if io_loop.in_loop_thread():
             raise RuntimeError("run() on the I/O loop would wait for itself: await arun() instead")
         outbox = _Outbox()
-        job = io_loop.submit(self._drive(requests, outbox.add), on_done=outbox.close)
+        deliver = outbox.add
+        if on_arrival is not None:
+
+            def deliver(result: LLMResult) -> None:
+                on_arrival(result)
+                outbox.add(result)
+
+        job = io_loop.submit(self._drive(requests, deliver), on_done=outbox.close)
         try:
             while True:
                 try:
@@ -370,8 +383,7 @@ class OpenAICompatBackend:
         limiter = self.limiter or self._own_limiter
         async with io_loop.shared_session(self.base_url, self._new_session) as session:
             tasks = [
-                asyncio.ensure_future(self._one(session, slots, limiter, request, deliver))
-                for request in requests
+                asyncio.ensure_future(self._one(session, slots, limiter, request, deliver)) for request in requests
             ]
             try:
                 await asyncio.gather(*tasks)

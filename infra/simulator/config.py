@@ -36,6 +36,11 @@ class SimulatorConfig(BaseModel):
     api_key: str | None = Field(
         default=None, description="when set, requests must carry 'Authorization: Bearer <api_key>'"
     )
+    record_bodies: bool = Field(
+        default=False,
+        description="keep, per request body (SHA-256), when each request came and when and how it was "
+        "answered (GET /stats/bodies): shows whether an answer already given was asked for again",
+    )
 
     @model_validator(mode="after")
     def _check_rates(self) -> SimulatorConfig:

@@ -69,6 +69,8 @@ class _State:
             self.in_flight = 0
             self.max_in_flight = 0
             self.seen: dict[bytes, int] = {}
+            self.bodies: dict[str, list[list[float | int | None]]] = {}
+            """body SHA-256 (hex) -> [came, answered (None while in flight), HTTP status] per request"""
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -143,15 +145,22 @@ async def _completion(request: web.Request, chat: bool) -> web.Response:
     state = request.app[_STATE_KEY]
     config = state.config
     raw = await request.read()
+    entry: list[float | int | None] | None = None
     with state.lock:
         state.total += 1
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         state.by_endpoint["chat" if chat else "completions"] += 1
+        if config.record_bodies:
+            entry = [time.time(), None, None]
+            state.bodies.setdefault(hashlib.sha256(raw).hexdigest(), []).append(entry)
     status = 200
     try:
         response = await _answer(request, state, config, raw, chat)
         status = response.status
+        if entry is not None:  # written to the socket once this returns: as close as a handler sees
+            await response.prepare(request)
+            await response.write_eof()
         return response
     except asyncio.CancelledError:
         status = 499  # the client went away (e.g. its timeout) while we were sleeping
@@ -160,6 +169,8 @@ async def _completion(request: web.Request, chat: bool) -> web.Response:
         with state.lock:
             state.in_flight -= 1
             state.statuses[str(status)] += 1
+            if entry is not None:
+                entry[1], entry[2] = time.time(), status
 
 
 async def _answer(
@@ -310,6 +321,14 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[_STATE_KEY].snapshot())
 
 
+async def _stats_bodies(request: web.Request) -> web.Response:
+    """Per request body: [came, answered, status] of every request with it (``record_bodies``)."""
+    state = request.app[_STATE_KEY]
+    with state.lock:
+        bodies = {digest: [list(entry) for entry in entries] for digest, entries in state.bodies.items()}
+    return web.json_response({"record_bodies": state.config.record_bodies, "bodies": bodies})
+
+
 async def _stats_reset(request: web.Request) -> web.Response:
     request.app[_STATE_KEY].reset()
     return web.json_response({"ok": True})
@@ -323,6 +342,7 @@ def build_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post("/v1/completions", _text)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/stats", _stats)
+    app.router.add_get("/stats/bodies", _stats_bodies)
     app.router.add_post("/stats/reset", _stats_reset)
     return app
 
@@ -509,6 +529,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-key", default=None, help="require this bearer key (a test key, never a real one)"
     )
+    parser.add_argument(
+        "--record-bodies",
+        action="store_true",
+        help="keep when each request body came and was answered (GET /stats/bodies)",
+    )
     return parser
 
 
@@ -531,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_sleep_s=args.timeout_sleep_s,
             max_faults_per_body=args.max_faults_per_body,
             api_key=args.api_key,
+            record_bodies=args.record_bodies,
         )
     except ValueError as exc:
         print(f"simulate: invalid settings: {exc}", file=sys.stderr)

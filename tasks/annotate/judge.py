@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
+from ultrafeedback.infra.journal import Journal, journal_root, run_journaled
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import (
@@ -110,11 +111,16 @@ def annotate_shard(
 
     jobs: list[AspectJob | CritiqueJob] = [*aspect_jobs, *critique_jobs]
     report.issued = len(jobs)
+    journal = None
     with aspects, critiques:
         if spec.judge.backend == "heuristic":
             _run_heuristic(jobs, parse, accept, reject, shard)
         else:
-            _run_model(spec, jobs, parse, accept, reject, shard, report)
+            journal = Journal(journal_root(store), ANNOTATIONS, label)
+            _run_model(spec, jobs, parse, accept, reject, shard, report, journal)
+    if journal is not None:
+        journal.discard()  # every answer is in a checkpointed part now
+    report.issued -= report.replayed  # calls made by this run
     report.seconds = time.monotonic() - started
     return report
 
@@ -166,10 +172,11 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
     )
 
 
-def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport) -> None:  # noqa: ANN001
+def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport, journal: Journal) -> None:  # noqa: ANN001
     from ultrafeedback.infra.llm.factory import judge_backend
 
     backend = judge_backend(spec)
+    replay = journal.replay()
     pending = {job.key: job for job in jobs}
     attempts: dict[str, int] = defaultdict(int)
     for round_number in range(spec.judge.parse_retries + 1):
@@ -196,7 +203,8 @@ def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: Shar
             else:
                 retry[job.key] = job
 
-        backend.run([_model_request(spec, job) for job in pending.values()], on_result)
+        calls = [_model_request(spec, job) for job in pending.values()]
+        report.replayed += run_journaled(backend, calls, on_result, journal, replay)
         if retry:
             report.issued += len(retry)
         pending = retry

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
+from ultrafeedback.infra.journal import Journal, journal_root, run_journaled
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction
@@ -99,6 +100,8 @@ def generate_shard(
     results = results or store.results(STAGE, Completion, key="request_id")
     failures = failures or failure_log(store, STAGE)
     lock = threading.Lock()
+    journal = Journal(journal_root(store), STAGE, shard_label(shard))
+    replay = journal.replay()
     with Checkpointer(results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)) as checkpoint:
 
         def on_result(result: LLMResult, backend_name: str) -> None:
@@ -140,7 +143,9 @@ def generate_shard(
                 on_progress(1)
 
         def run_batch(backend: Any, calls: list[LLMRequest]) -> None:
-            backend.run(calls, lambda result: on_result(result, backend.name))
+            replayed = run_journaled(backend, calls, lambda result: on_result(result, backend.name), journal, replay)
+            with lock:
+                report.replayed += replayed
 
         local = [batch for (_, model), batch in batches.items() if model]
         remote = [batch for (_, model), batch in batches.items() if not model]
@@ -154,5 +159,7 @@ def generate_shard(
             with ThreadPoolExecutor(max_workers=len(batches), thread_name_prefix=f"generate-{shard}") as pool:
                 for future in [pool.submit(run_batch, *batch) for batch in remote]:
                     future.result()
+    journal.discard()  # every answer is in a checkpointed part now
+    report.issued -= report.replayed  # calls made by this run
     report.seconds = time.monotonic() - started
     return report

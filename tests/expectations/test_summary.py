@@ -9,6 +9,7 @@ import pytest
 from ultrafeedback.expectations.gate import run_gate
 from ultrafeedback.expectations.models import CheckResult, GateContext, GateResult
 from ultrafeedback.expectations.summary import count_check, merge, rate_check, unique_keys_check
+from ultrafeedback.keys import text_hash
 from ultrafeedback.spec import Gates
 
 
@@ -19,6 +20,7 @@ def completions(n: int, empty: int, model: str = "m1") -> pd.DataFrame:
             "instruction_id": [f"i{i}" for i in range(n)],
             "model": [model] * n,
             "response": ["" if i < empty else f"text {i}" for i in range(n)],
+            "response_hash": [text_hash("" if i < empty else f"text {i}") for i in range(n)],
             "finish_reason": ["stop"] * n,
             "input_tokens": [1] * n,
             "output_tokens": [1] * n,

@@ -275,7 +275,7 @@ def make(out: Path) -> dict[str, Any]:
     facts = {
         "built_with": _code_origin(),
         "spec": golden.SPEC,
-        "simulator": golden.SIMULATOR.model_dump(exclude={"host", "port"}),
+        "simulator": golden.SIMULATOR.model_dump(exclude={"host", "port", "record_bodies"}),
         "hashes": {name: golden.sha256(out / name) for name in (golden.SPEC, *golden.INPUTS)},
         "rows": {name: table.num_rows for name, table in tables.items()},
         "summary_counts": summary.get("counts"),

@@ -465,3 +465,30 @@ def test_cli_prints_the_url_serves_and_stops_cleanly():
 def test_cli_rejects_impossible_settings(capsys):
     assert main(["--port", "0", "--rate-429", "0.8", "--rate-500", "0.5"]) == 2
     assert "at most 1" in capsys.readouterr().err
+
+
+def test_record_bodies_keeps_when_each_body_came_and_was_answered():
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "Name a colour."}]}).encode()
+    with Simulator(record_bodies=True, latency_ms=5, rate_500=1.0, max_faults_per_body=1) as sim:
+        statuses = []
+        for _ in range(2):
+            request = urllib.request.Request(
+                f"{sim.url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            )
+            try:
+                with urllib.request.urlopen(request) as response:
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+        with urllib.request.urlopen(f"{sim.root_url}/stats/bodies") as response:
+            recorded = json.loads(response.read())
+    assert statuses == [500, 200]
+    (entries,) = recorded["bodies"].values()
+    assert [entry[2] for entry in entries] == [500, 200]
+    assert all(came <= answered for came, answered, _ in entries) and entries[0][1] <= entries[1][0]
+
+
+def test_bodies_are_not_recorded_unless_asked():
+    with Simulator() as sim:
+        with urllib.request.urlopen(f"{sim.root_url}/stats/bodies") as response:
+            assert json.loads(response.read()) == {"record_bodies": False, "bodies": {}}
