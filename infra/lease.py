@@ -94,8 +94,8 @@ class LeaseHeld(LeaseError):
         waited = "" if not waited_s else f" (still held after waiting {waited_s:.0f} s)"
         super().__init__(
             f"the dataset {where} is being written by another {holder.describe()}{waited}; "
-            "nothing was done. Wait for it with --wait, or, if that run is gone, its lease expires "
-            f"{holder.ttl_s:.0f} s after its last renewal and the next run takes it over"
+            "nothing was done. Wait for it with --wait (deployment runs: ULTRAFEEDBACK_LEASE_WAIT_S); if that "
+            f"run is gone, its lease expires {holder.ttl_s:.0f} s after its last renewal and the next run takes it over"
         )
 
 

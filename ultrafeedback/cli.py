@@ -5,7 +5,9 @@ Exit codes (scripts may rely on them):
   1  unexpected error (a bug or an infrastructure failure; the message says which)
   2  bad input: invalid spec or override, missing or unreadable source file
   3  a quality gate failed: the run stopped before publishing
-  130 interrupted
+  4  another run holds the dataset's lease: nothing was done (or, with --wait, it was still held
+     when the wait timed out); also when a run lost its lease to another and stopped
+  130 interrupted (Ctrl-C or SIGTERM)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_LEASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 def demo_spec() -> Path:
@@ -55,28 +57,49 @@ def _add_spec_args(parser: argparse.ArgumentParser, spec_required: bool = True) 
     parser.add_argument("-v", "--verbose", action="store_true", help="show Prefect's logs")
 
 
+def _add_wait_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run is writing this dataset (holds its lease), wait for it to finish and then run "
+        "(only what is still missing is sent); without it such a run exits with code 4 at once",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with --wait: give up (exit 4) after this many seconds (default: wait as long as it takes)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ultrafeedback",
         description="Build UltraFeedback-style preference datasets from a spec file.",
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad spec or input, 3 a quality gate failed.",
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad spec or input, 3 a quality gate failed, "
+        "4 another run holds the dataset's lease, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("build", help="run every stage and publish a release; prints the release URI last")
     _add_spec_args(p)
+    _add_wait_args(p)
     p = sub.add_parser(
         "refresh",
         help="the same as build: after adding instructions, models or aspects, only the new content keys run",
     )
     _add_spec_args(p)
+    _add_wait_args(p)
     p = sub.add_parser(
         "retry-failed",
         help="list the failed units, then build again: exactly the failed and missing keys are re-sent",
     )
     _add_spec_args(p)
+    _add_wait_args(p)
     p = sub.add_parser("demo", help="build the embedded demo (CPU model, heuristic judge, no key, no GPU)")
     _add_spec_args(p, spec_required=False)
+    _add_wait_args(p)
     p = sub.add_parser(
         "validate",
         help="validate a spec (and overrides) and its local source files (they exist and hold the mapped "
@@ -95,16 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_build(spec_path: str, overrides: list[str]) -> int:
+def _run_build(spec_path: str, overrides: list[str], wait_s: float) -> int:
     from ultrafeedback.spec import load_spec
 
     spec = load_spec(spec_path, overrides)  # fail fast, before Prefect starts
     from ultrafeedback.tasks.common import store_for
 
-    store_for(spec).probe()  # an unwritable store or a wrong key: exit 2 now, not after Prefect started
-    from ultrafeedback.flows.build import build
+    store = store_for(spec)
+    store.probe()  # an unwritable store or a wrong key: exit 2 now, not after Prefect started
+    from ultrafeedback.infra.lease import dataset_lease, stop_on_sigterm
 
-    uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
+    stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the dataset's lease is released on the way out
+    # one run writes a dataset at a time: a second one stops (exit 4) or waits here, before Prefect starts;
+    # the flow finds this process holding the lease and keeps it
+    with dataset_lease(store, wait_s=wait_s, notify=lambda message: print(message, file=sys.stderr, flush=True)):
+        from ultrafeedback.flows.build import build
+
+        uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
     sys.stderr.flush()
     print(uri, flush=True)
     return EXIT_OK
@@ -147,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print_status(args.spec, args.overrides, 20)
         spec_path = str(demo_spec()) if args.command == "demo" else args.spec
-        return _run_build(spec_path, args.overrides)
+        wait_s = (float("inf") if args.wait_timeout is None else args.wait_timeout) if args.wait else 0.0
+        return _run_build(spec_path, args.overrides, wait_s)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -160,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report_failure(exc: Exception) -> int:
     from ultrafeedback.expectations.gate import GateFailed
+    from ultrafeedback.infra.lease import LeaseHeld, LeaseLost
     from ultrafeedback.infra.llm.openai_compat import MissingAPIKeyError
     from ultrafeedback.infra.store import StoreUnavailable
     from ultrafeedback.tasks.ingest.loaders import IngestError
@@ -171,6 +203,9 @@ def _report_failure(exc: Exception) -> int:
             file=sys.stderr,
         )
         return EXIT_GATE
+    if isinstance(exc, LeaseHeld | LeaseLost):
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_LEASE
     if isinstance(exc, IngestError | MissingAPIKeyError | StoreUnavailable):
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
