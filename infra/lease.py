@@ -410,22 +410,20 @@ class Lease:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
-            try:
-                with self._lock:
-                    if self._stop.is_set():
-                        return
-                    self.renew()
-            except LeaseLost as exc:
-                self._lose(exc)
-                return
-            except Exception as exc:  # noqa: BLE001 - a blip: the next beat tries again, until expiry
-                assert self.info is not None
-                if self.info.expired():
-                    self._lose(
-                        LeaseLost(f"lease lost: could not renew the lease of {self.where} before it expired: {exc}")
-                    )
+            with self._lock:  # release() sets _stop under it: no interrupt once the run is leaving
+                if self._stop.is_set():
                     return
-                log.warning("lease: renewal failed, will retry: %s", exc)
+                try:
+                    self.renew()
+                except LeaseLost as exc:
+                    self._lose(exc)
+                    return
+                except Exception as exc:  # noqa: BLE001 - a blip: the next beat tries again, until expiry
+                    assert self.info is not None
+                    if self.info.expired():
+                        self._lose(LeaseLost(f"lease lost: could not renew {self.where} before it expired: {exc}"))
+                        return
+                    log.warning("lease: renewal failed, will retry: %s", exc)
 
     def _lose(self, exc: LeaseLost) -> None:
         self.lost = exc
@@ -485,7 +483,12 @@ def dataset_lease(
         raise
     finally:
         _HELD.pop(key, None)
-        lease.release()
+        try:
+            lease.release()
+        except KeyboardInterrupt as exc:  # the loss's interrupt, landing while the run was leaving
+            if lease.lost is None:
+                raise
+            raise lease.lost from exc
 
 
 def stop_on_sigterm() -> None:
