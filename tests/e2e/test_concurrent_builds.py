@@ -92,3 +92,23 @@ def test_a_waiting_build_runs_after_the_first_and_sends_nothing(
     assert "calls:     none" in waited[0][2]  # its summary: no request sent
     assert not (tmp_path / "store" / "e2e" / "lease.json").exists()
     print(f"two builds with --wait: {elapsed:.1f} s")
+
+
+def test_the_build_flow_stops_before_any_work_when_another_run_holds_the_lease(
+    prefect_harness, sim: Simulator, tmp_path: Path
+) -> None:
+    """The flow itself (what deployment runs call) takes the lease, not only the CLI."""
+    from ultrafeedback.flows.build import build
+    from ultrafeedback.infra.lease import Lease, LeaseHeld
+    from ultrafeedback.infra.store import Store
+
+    write_sources(tmp_path)
+    spec = write_spec(tmp_path, spec_data(tmp_path, sim.url))
+    other = Lease(Store(str(tmp_path / "store"), "e2e"), run_id="run-elsewhere", ttl_s=30).acquire()
+    try:
+        with pytest.raises(LeaseHeld, match="by another run run-elsewhere on host "):
+            build(spec_path=str(spec))
+    finally:
+        other.release()
+    assert sorted(p.name for p in (tmp_path / "store" / "e2e").iterdir()) == [".lease.lock"]  # no work done
+    assert sim.stats()["total"] == 0
