@@ -281,7 +281,8 @@ class _S3Backend:
             except OSError as exc:
                 if _precondition_failed(exc) or isinstance(exc, FileNotFoundError):
                     return False
-                raise
+                # a server without conditional deletes: check, then delete (a takeover can slip in between)
+                log.warning("lease: conditional delete refused (%s); checking the lease, then deleting it", exc)
         if self.read()[1] != version:
             return False
         self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
