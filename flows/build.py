@@ -303,6 +303,9 @@ def _build_leased(spec: Spec) -> str:
     for name in store.ls("gates"):  # stage results describe the current run only (shard results are reused)
         if name.endswith(".json"):
             store.delete(f"gates/{name}")
+    from ultrafeedback.tasks.publish.task import remove_leftovers
+
+    remove_leftovers(spec)  # a killed publish's staging folders (the lease is held: nobody else publishes)
     summary = BuildSummary()
     stopped: BaseException | None = None
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"

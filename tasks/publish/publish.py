@@ -257,6 +257,24 @@ def _root(store: Store, target_uri: str | None, storage_options: Mapping[str, An
     return _Root(fs=fs, path=path.rstrip("/"), protocol=protocol, local=local)
 
 
+def remove_staging(
+    store: Store, target_uri: str | None = None, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Remove the ``.staging-v*`` folders a killed publish left in a local release root (the
+    store's, or ``target_uri``); returns their paths. Call it holding the dataset's lease: a
+    staging folder of a publish still running would be removed too."""
+    root = _root(store, target_uri, storage_options)
+    if not root.local or not root.fs.exists(root.path):
+        return []
+    leftovers = [
+        p for p in root.fs.ls(root.path, detail=False) if p.rstrip("/").rsplit("/", 1)[-1].startswith(".staging-v")
+    ]
+    for path in leftovers:
+        log.warning("publish: removing %s, left by a publish that did not finish", path)
+        _remove(root.fs, path)
+    return leftovers
+
+
 def _read_manifest(root: _Root, name: str) -> dict[str, Any] | None:
     path = root.join(name, MANIFEST)
     try:

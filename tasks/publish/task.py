@@ -11,9 +11,20 @@ from prefect.cache_policies import NO_CACHE
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.common import run_logger, store_for
 from ultrafeedback.tasks.publish.hub import publish_to_hub
-from ultrafeedback.tasks.publish.publish import ShardedTables, publish_release
+from ultrafeedback.tasks.publish.publish import ShardedTables, publish_release, remove_staging
 
 HUB_TOKEN_ENV = "HF_TOKEN"
+
+
+def remove_leftovers(spec: Spec) -> list[str]:
+    """What a killed publish left behind (``.staging-v*`` folders) in the store's release root and
+    in every local publish target; removed at the start of a run that holds the dataset's lease."""
+    store = store_for(spec)
+    removed = remove_staging(store)
+    for target in spec.publish.targets:
+        if target.kind == "local" and target.uri:
+            removed += remove_staging(store, target.uri)
+    return removed
 
 
 def gate_rows(gates: dict[str, Any]) -> list[dict[str, Any]]:
