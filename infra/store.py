@@ -341,6 +341,10 @@ class ResultLog:
         schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
         return schema.empty_table()
 
+    def read_parts(self, names: list[str], columns: list[str] | None = None) -> pa.Table:
+        """The union of the named parts, deduplicated on the key (last write wins)."""
+        return self._read_parts(names, columns)
+
     def _read_parts(self, names: list[str], columns: list[str] | None) -> pa.Table:
         tables = []
         for name in names:

@@ -52,6 +52,7 @@ class Run:
         self._lock = threading.Lock()
         self._worker_pool: Any = None
         self._cache: dict[Any, Any] = {}
+        self._shared: dict[Any, Any] = {}
         self._shards: list[int] | None = None
         self.facts: dict[str, Any] = {}
         """whole-stage facts a later stage or gate needs (instruction count, quarantine, ...)"""
@@ -184,6 +185,14 @@ class Run:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def shared(self, key: Any, create: Callable[[], Any]) -> Any:
+        """One object per key for the whole run in this process, shared by its shards (e.g. the
+        annotate stage's circuit breaker); unlike ``cached``, never cleared."""
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = create()
+            return self._shared[key]
 
 
 class RequestKey(NamedTuple):

@@ -4,7 +4,7 @@ Exit codes (scripts may rely on them):
   0  success
   1  unexpected error (a bug or an infrastructure failure; the message says which)
   2  bad input: invalid spec or override, missing or unreadable source file
-  3  a quality gate failed: the run stopped before publishing
+  3  a quality gate failed, or the judge's circuit breaker opened: the run stopped before publishing
   4  another run holds the dataset's lease: nothing was done (or, with --wait, it was still held
      when the wait timed out); also when a run lost its lease to another and stopped
   130 interrupted (Ctrl-C or SIGTERM)
@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ultrafeedback",
         description="Build UltraFeedback-style preference datasets from a spec file.",
-        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad spec or input, 3 a quality gate failed, "
+        epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad spec or input, 3 a quality gate failed (or the judge's "
+        "circuit breaker opened), "
         "4 another run holds the dataset's lease, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -93,10 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wait_args(p)
     p = sub.add_parser(
         "retry-failed",
-        help="list the failed units, then build again: exactly the failed and missing keys are re-sent",
+        help="list the failed units, then build again: exactly the failed and missing keys are re-sent "
+        "(judge calls whose answers stayed unparseable after judge.parse_retries re-asks only with --reparse)",
     )
     _add_spec_args(p)
     _add_wait_args(p)
+    p.add_argument(
+        "--reparse",
+        action="store_true",
+        help="also send again the judge calls that failed to parse after every re-ask (execution.reparse_failed)",
+    )
     p = sub.add_parser("demo", help="build the embedded demo (CPU model, heuristic judge, no key, no GPU)")
     _add_spec_args(p, spec_required=False)
     _add_wait_args(p)
@@ -176,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             from ultrafeedback.status import print_status
 
             print_status(args.spec, args.overrides, 20)
+            if args.reparse:
+                args.overrides = [*args.overrides, "execution.reparse_failed=true"]
         spec_path = str(demo_spec()) if args.command == "demo" else args.spec
         wait_s = (float("inf") if args.wait_timeout is None else args.wait_timeout) if args.wait else 0.0
         return _run_build(spec_path, args.overrides, wait_s)
@@ -194,6 +203,7 @@ def _report_failure(exc: Exception) -> int:
     from ultrafeedback.infra.lease import LeaseHeld, LeaseLost
     from ultrafeedback.infra.llm.openai_compat import MissingAPIKeyError
     from ultrafeedback.infra.store import StoreUnavailable
+    from ultrafeedback.tasks.annotate.judge import JudgeCircuitOpen
     from ultrafeedback.tasks.ingest.loaders import IngestError
 
     if isinstance(exc, GateFailed):
@@ -202,6 +212,9 @@ def _report_failure(exc: Exception) -> int:
             "`gates` (e.g. --set gates.max_quarantined=10); `ultrafeedback status SPEC` lists what failed.",
             file=sys.stderr,
         )
+        return EXIT_GATE
+    if isinstance(exc, JudgeCircuitOpen):
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_GATE
     if isinstance(exc, LeaseHeld | LeaseLost):
         print(f"error: {exc}", file=sys.stderr)

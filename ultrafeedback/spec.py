@@ -212,6 +212,14 @@ class Gates(_Strict):
     min_annotation_success: float = Field(default=1.0, ge=0, le=1)
     min_rating_rate: float = Field(default=1.0, ge=0, le=1, description="share of completions with every aspect rated")
     min_pairs: int = Field(default=1, ge=0)
+    max_parse_failure_rate: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="the circuit breaker: the annotate stage stops when more than this share of the judge's last "
+        "`parse_failure_window` answers could not be parsed (a judge or template that fails systematically)",
+    )
+    parse_failure_window: int = Field(default=200, ge=1, description="answers the parse failure rate is taken over")
 
 
 class PublishTarget(_Strict):
@@ -235,6 +243,11 @@ class Execution(_Strict):
         le=16,
         description="worker processes for the CPU-heavy shard work (Great Expectations validations, the "
         "score join), off the process whose event loop drives the API calls; 0 runs it in that process",
+    )
+    reparse_failed: bool = Field(
+        default=False,
+        description="send again the judge calls whose answers stayed unparseable after `judge.parse_retries` "
+        "re-asks (by default a rerun does not pay for them again; `retry-failed --reparse` sets this)",
     )
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)

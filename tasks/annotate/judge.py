@@ -7,8 +7,9 @@ fails is recorded as a failure with the parse reason.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +57,39 @@ def _critique_row(spec: Spec, job: CritiqueJob, raw: str, parsed: Any, tokens: t
     )
 
 
+class JudgeCircuitOpen(RuntimeError):
+    """The judge's answers fail to parse systematically: the stage stops instead of paying for more."""
+
+
+class ParseBreaker:
+    """The annotate stage's circuit breaker over the judge's last ``window`` answers (shared by the
+    shards of a run): more than ``max_rate`` of them unparseable opens it, and every shard stops."""
+
+    def __init__(self, max_rate: float, window: int) -> None:
+        self.max_rate = max_rate
+        self.window = window
+        self._outcomes: deque[str | None] = deque(maxlen=window)  # a parse reason, or None when parsed
+        self._lock = threading.Lock()
+        self.opened: str | None = None
+
+    def record(self, reason: str | None) -> None:
+        """One answer's outcome; raises ``JudgeCircuitOpen`` once the breaker is open."""
+        with self._lock:
+            if self.opened is None:
+                self._outcomes.append(reason)
+                failed = [r for r in self._outcomes if r is not None]
+                if len(self._outcomes) == self.window and len(failed) > self.max_rate * self.window:
+                    top = ", ".join(f"{r} {n}" for r, n in Counter(failed).most_common(3))
+                    self.opened = (
+                        f"annotate stopped: {len(failed)} of the judge's last {self.window} answers could not be "
+                        f"parsed (more than gates.max_parse_failure_rate={self.max_rate:g}; {top}). The judge model "
+                        "or its prompt does not produce the expected format: check a raw answer with `ultrafeedback "
+                        "status SPEC`, fix the judge, then run again (answers already stored are kept)"
+                    )
+            if self.opened is not None:
+                raise JudgeCircuitOpen(self.opened)
+
+
 def annotate_shard(
     spec: Spec,
     store: Store,
@@ -64,11 +98,14 @@ def annotate_shard(
     critique_jobs: Sequence[CritiqueJob],
     on_progress: Callable[[int], None] | None = None,
     logs: dict[str, ResultLog] | None = None,
+    breaker: ParseBreaker | None = None,
 ) -> ShardReport:
     """Run the planned judge calls of one shard, checkpointing as results arrive.
 
     ``logs`` are the run's shared result and failure logs by name (``annotations``,
-    ``failures/annotations``, ``critiques``, ``failures/critiques``); by default the store's."""
+    ``failures/annotations``, ``critiques``, ``failures/critiques``); by default the store's.
+    ``breaker`` (shared by a run's shards; by default one for this shard) stops the stage when the
+    judge's answers fail to parse systematically."""
     from ultrafeedback.tasks.annotate.parse import parse_aspect, parse_critique
 
     started = time.monotonic()
@@ -117,7 +154,9 @@ def annotate_shard(
             _run_heuristic(jobs, parse, accept, reject, shard)
         else:
             journal = Journal(journal_root(store), ANNOTATIONS, label)
-            _run_model(spec, jobs, parse, accept, reject, shard, report, journal)
+            gates = spec.gates
+            breaker = breaker or ParseBreaker(gates.max_parse_failure_rate, gates.parse_failure_window)
+            _run_model(spec, jobs, parse, accept, reject, shard, report, journal, breaker)
     if journal is not None:
         journal.discard()  # every answer is in a checkpointed part now
     report.issued -= report.replayed  # calls made by this run
@@ -172,7 +211,9 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
     )
 
 
-def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport, journal: Journal) -> None:  # noqa: ANN001
+def _run_model(  # noqa: ANN001
+    spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport, journal: Journal, breaker: ParseBreaker
+) -> None:
     from ultrafeedback.infra.llm.factory import judge_backend
 
     backend = judge_backend(spec)
@@ -196,6 +237,7 @@ def _run_model(spec: Spec, jobs, parse, accept, reject, shard: int, report: Shar
                 return
             raw = result.text or ""
             parsed = parse(job, raw)
+            breaker.record(None if parsed.ok else f"parse_{parsed.reason}")
             if parsed.ok:
                 accept(job, raw, parsed, (result.input_tokens, result.output_tokens))
             elif last_round:

@@ -336,3 +336,35 @@ def test_missing_api_key_stops_before_any_work(prefect_harness, sim, tmp_path, m
     assert "UF_E2E_KEY" in capsys.readouterr().err
     assert sim.stats()["total"] == 0
     assert not (tmp_path / "store" / "e2e" / "instructions").exists()
+
+
+def test_judge_calls_that_stayed_unparseable_are_resent_only_with_reparse(prefect_harness, sim, tmp_path, capsys):
+    """A unit whose answers stayed unparseable after every re-ask is not paid for again by a rerun;
+    ``retry-failed --reparse`` sends exactly those units again."""
+    from ultrafeedback.cli import main
+    from ultrafeedback.infra.store import Store
+    from ultrafeedback.status import collect_status
+
+    write_sources(tmp_path)
+    data = spec_data(tmp_path, sim.url)
+    data["judge"]["parse_retries"] = 1
+    data["gates"] = {"min_annotation_success": 0.5, "min_rating_rate": 0.0}
+    spec_path = write_spec(tmp_path, data)
+    sim.update(rate_unparseable=0.4)
+    assert main(["build", str(spec_path)]) == 0
+    failures = collect_status(Store(str(tmp_path / "store"), "e2e"))["failures"]
+    failed = [f for stage in ("annotations", "critiques") for f in failures[stage]]
+    assert failed and all(f["reason"].startswith("parse_") for f in failed)
+
+    sim.reset()
+    assert main(["build", str(spec_path)]) == 0
+    judge_kinds = ("judge_aspect", "critique")
+    assert sum(sim.stats()["by_kind"].get(k, 0) for k in judge_kinds) == 0  # not paid again
+
+    sim.update(rate_unparseable=0.0)
+    sim.reset()
+    capsys.readouterr()
+    assert main(["retry-failed", str(spec_path), "--reparse"]) == 0
+    assert sum(sim.stats()["by_kind"].get(k, 0) for k in judge_kinds) == len(failed)
+    after = collect_status(Store(str(tmp_path / "store"), "e2e"))["failures"]
+    assert after["annotations"] == [] and after["critiques"] == []

@@ -110,3 +110,11 @@ def test_validate_names_the_source_key_and_file(
     assert main(["validate", str(write_spec(tmp_path)), "--set", override]) == EXIT_INPUT
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(start) and ("missing.jsonl" in line or "s.jsonl" in line), line
+
+
+def test_an_open_judge_circuit_breaker_exits_like_a_failed_gate_with_its_reason(capsys):
+    from ultrafeedback.cli import EXIT_GATE, _report_failure
+    from ultrafeedback.tasks.annotate.judge import JudgeCircuitOpen
+
+    assert _report_failure(JudgeCircuitOpen("annotate stopped: 150 of the judge's last 200 answers")) == EXIT_GATE
+    assert capsys.readouterr().err == "error: annotate stopped: 150 of the judge's last 200 answers\n"

@@ -28,7 +28,7 @@ from ultrafeedback.tasks.annotate.jobs import (
     plan_jobs,
     plan_shard_jobs,
 )
-from ultrafeedback.tasks.annotate.judge import annotate_shard
+from ultrafeedback.tasks.annotate.judge import JudgeCircuitOpen, ParseBreaker, annotate_shard
 from ultrafeedback.tasks.annotate.parse import parse_aspect, parse_critique
 from ultrafeedback.tasks.annotate.prompts import world_knowledge
 
@@ -344,3 +344,45 @@ def test_plan_jobs_gives_the_jobs_of_plan_shard_jobs(tmp_path):
     planned = plan_jobs(spec, inputs.requests, inputs.instructions, inputs.completions, done_a, done_c)
     assert planned == plan(spec, inputs, done_a, done_c)[0]
     assert len(planned[0]) == len(aspects) - 1 and len(planned[1]) == len(critiques) - 1
+
+
+# ----------------------------------------------------------------------------- the circuit breaker
+def test_the_breaker_opens_when_the_window_holds_too_many_parse_failures():
+    breaker = ParseBreaker(max_rate=0.5, window=4)
+    for outcome in (None, "parse_no_rating", None):
+        breaker.record(outcome)
+    breaker.record("parse_no_rating")  # 2 of 4: not more than half
+    with pytest.raises(JudgeCircuitOpen, match=r"3 of the judge's last 4 answers could not be parsed"):
+        breaker.record("parse_block_count")
+    with pytest.raises(JudgeCircuitOpen, match="parse_no_rating 2, parse_block_count 1"):
+        breaker.record(None)  # once open it stays open, for every shard sharing it
+
+
+def test_a_judge_that_fails_systematically_stops_the_shard_and_keeps_what_was_stored(tmp_path, judge):
+    with Simulator(SimulatorConfig(rate_unparseable=1.0)) as sim:
+        spec = make_spec(tmp_path, sim.url, parse_retries=3)
+        spec = Spec.model_validate({**spec.model_dump(), "gates": {"parse_failure_window": 4}})
+        jobs = expected_jobs(spec, shard_inputs())
+        with pytest.raises(JudgeCircuitOpen, match="gates.max_parse_failure_rate=0.5"):
+            annotate_shard(spec, Store(spec.store, spec.name), SHARD, *jobs)
+        sent = sim.stats()["total"]
+    assert sent < JOBS * (spec.judge.parse_retries + 1)  # it stopped instead of re-asking every unit 3 times
+
+
+def test_parse_failed_lists_a_shard_s_keys_whose_latest_failure_is_a_parse_failure(tmp_path):
+    from ultrafeedback.records import Failure
+    from ultrafeedback.tasks.annotate.task import Either, parse_failed
+
+    failures = failure_log(Store(str(tmp_path), "p"), ANNOTATIONS)
+
+    def failure(key: str, reason: str, shard: int = SHARD) -> Failure:
+        return Failure(stage=ANNOTATIONS, key=key, shard=shard, reason=reason, error="", attempts=1, at=0.0)
+
+    failures.append([failure("a", "parse_no_rating"), failure("b", "http_500")], label="s00004")
+    failures.append([failure("b", "parse_block_count"), failure("c", "parse_no_rating")], label="s00004")
+    failures.append([failure("c", "http_429")], label="s00004")  # c's latest failure is not a parse failure
+    failures.append([failure("d", "parse_no_rating", shard=5)], label="s00005")
+    assert parse_failed(failures, "s00004") == {"a", "b"}
+    assert parse_failed(failures, "s00009") == set()
+    either = Either({"x"}, {"a"})
+    assert "x" in either and "a" in either and "b" not in either
