@@ -163,6 +163,8 @@ def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]
 
     checks = gate.summary(run) if gate.summary else []
     result = merge(gate.suite, suite_name(gate.suite), [r for r in results if r is not None], checks)
+    if not result.passed:
+        result = _with_failed_requests(run, gate.suite, result)
     summary.gates[gate.suite] = result.to_dict()
     run.store.write_json(f"gates/{gate.suite}.json", result.to_dict())
     try:
@@ -176,6 +178,28 @@ def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]
     except Exception:  # noqa: BLE001 - artifacts are best effort outside a server
         pass
     enforce(result)
+
+
+def _with_failed_requests(run: Run, suite: str, result: Any) -> Any:
+    """A failed gate of a stage that calls models also names the stage's open request failures by
+    reason (``completions:http_500 12``): why rows are missing, in the gate's own one line."""
+    from ultrafeedback.expectations.models import CheckResult
+    from ultrafeedback.outputs import FAILED_OUTPUTS
+    from ultrafeedback.tasks.aggregate.task import top_failures
+
+    outputs = tuple(name for name in FAILED_OUTPUTS if OUTPUTS[name].stage == suite)
+    reasons = top_failures(run.store, outputs=outputs) if outputs else {}
+    if not reasons:
+        return result
+    detail = ", ".join(f"{reason} {count}" for reason, count in reasons.items())
+    check = CheckResult(
+        name="failed requests",
+        passed=False,
+        observed=sum(reasons.values()),
+        expected="none",
+        detail=f"{detail} (`ultrafeedback status SPEC` lists them; a rerun sends them again)",
+    )
+    return result.model_copy(update={"checks": [*result.checks, check]})
 
 
 # --------------------------------------------------------------------------- shard tasks

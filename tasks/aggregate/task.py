@@ -117,16 +117,16 @@ def _facts(run: Run) -> dict[str, Any]:
     return facts
 
 
-def top_failures(store: Store, top: int = 3) -> dict[str, int]:
+def top_failures(store: Store, top: int = 3, outputs: tuple[str, ...] | None = None) -> dict[str, int]:
     """The most frequent reasons of the requests that failed and were not answered since,
-    ``{"completions:http_500": 12}``."""
+    ``{"completions:http_500": 12}``, over ``outputs`` (default: every output that calls a model)."""
     from collections import Counter
 
     from ultrafeedback.outputs import FAILED_OUTPUTS
     from ultrafeedback.status import open_failures
 
     counts: Counter[str] = Counter()
-    for name in FAILED_OUTPUTS:
+    for name in outputs or FAILED_OUTPUTS:
         for row in open_failures(store, name, store.log(name).keys()):
             counts[f"{name}:{row['reason']}"] += 1
     return dict(counts.most_common(top))

@@ -216,11 +216,13 @@ def test_failed_requests_stop_the_run_and_a_rerun_sends_only_those(prefect_harne
     spec_path = write_spec(tmp_path, data)
     sim.update(rate_500=0.3)
     started = datetime.now(UTC)
-    with pytest.raises(GateFailed, match="generate"):
+    with pytest.raises(GateFailed, match="generate") as stopped:
         run_build(spec_path)
     assert releases(tmp_path) == []
     status = collect_status(Store(str(tmp_path / "store"), "e2e"))
     failed = status["failures"]["completions"]
+    # the gate's one line says why rows are missing: the open request failures by reason
+    assert f"failed requests: completions:http_500 {len(failed)} (" in str(stopped.value)
     assert failed and {f["reason"] for f in failed} == {"http_500"}
     assert status["counts"]["completions"] == 36 - len(failed)
     # the shards with failed requests show as Failed in Prefect, with the reasons in the message
