@@ -85,7 +85,14 @@ class Source(_Strict):
 
 
 class Endpoint(_Strict):
-    base_url: str
+    base_url: str | None = Field(default=None, description="the endpoint's URL, with its version prefix (/v1)")
+    base_urls: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="several replicas of one endpoint (e.g. `vllm serve` replicas of one model) instead of "
+        "`base_url`: requests go to the replica with the fewest in flight; one that keeps failing is set aside "
+        "and probed again later, and its requests are retried on another (infra/llm/replicas.py)",
+    )
     api_key_env: str | None = Field(default=None, description="environment variable with the key")
     api_key_block: str | None = Field(default=None, description="Prefect Secret block name")
     requests_per_minute: float | None = Field(default=None, gt=0)
@@ -107,6 +114,26 @@ class Endpoint(_Strict):
         if value:
             raise ValueError("the Batch API path is not implemented yet; set batch_api: false")
         return value
+
+    replica_max_failures: int = Field(
+        default=3, ge=1, description="consecutive failures (connection, 5xx, timeout) that set a replica aside"
+    )
+    replica_backoff_s: float = Field(
+        default=5.0, gt=0, description="a set-aside replica is probed after this long, doubled after each failed probe"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_url(self) -> Endpoint:
+        if (self.base_url is None) == (self.base_urls is None):
+            raise ValueError("give `base_url` (one URL) or `base_urls` (replicas), exactly one of them")
+        if self.base_urls is not None and self.batch_api:
+            raise ValueError("batch_api goes to one provider: give `base_url`, not `base_urls`")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        """Every URL requests may go to: the replicas, or the one ``base_url``."""
+        return list(self.base_urls) if self.base_urls is not None else [self.base_url or ""]
 
     @property
     def has_key(self) -> bool:
@@ -334,11 +361,13 @@ class Spec(_Strict):
             return f"endpoint {name!r} has no key in the spec file, so a deployment run cannot give it one"
         if (endpoint.api_key_env, endpoint.api_key_block) != (pinned.api_key_env, pinned.api_key_block):
             return f"endpoint {name!r}: a deployment run cannot change where its key comes from"
-        if url_origin(endpoint.base_url) != url_origin(pinned.base_url):
-            return (
-                f"endpoint {name!r}: its key goes only to {url_origin(pinned.base_url)} (the spec file's "
-                f"base_url), not to {url_origin(endpoint.base_url)}"
-            )
+        allowed = sorted({url_origin(url) for url in pinned.urls})
+        for url in endpoint.urls:  # every replica passes the same check
+            if url_origin(url) not in allowed:
+                return (
+                    f"endpoint {name!r}: its key goes only to {', '.join(allowed)} (the spec file's "
+                    f"base_url{'s' if len(allowed) > 1 else ''}), not to {url_origin(url)}"
+                )
         return None
 
     def resolve_path(self, path: str) -> str:

@@ -27,12 +27,15 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from ultrafeedback.infra.llm import loop as io_loop
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
 from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
+from ultrafeedback.infra.llm.replicas import Replica, ReplicaSet, is_replica_failure
 
 if TYPE_CHECKING:
     import aiohttp
@@ -77,6 +80,19 @@ _CANCEL_WAIT_S = 30.0
 
 _DONE = object()
 """Sent after a run's last result."""
+
+_REPLICA_SESSIONS: ContextVar[dict[str, aiohttp.ClientSession]] = ContextVar("replica_sessions")
+"""A run's sessions per replica URL (set by ``_sessions`` for the run's request tasks)."""
+
+
+class _Route:
+    """One request's way through the replicas: the replica its last attempt failed on, if that
+    failure was the replica's (the next attempt goes elsewhere)."""
+
+    __slots__ = ("failed_on",)
+
+    def __init__(self) -> None:
+        self.failed_on: Replica | None = None
 
 
 class _Outbox:
@@ -216,7 +232,10 @@ def _parse_success(raw: bytes, chat: bool) -> tuple[str, str, int, int]:
 class OpenAICompatBackend:
     """Async client for ``{base_url}/chat/completions`` and ``{base_url}/completions``.
 
-    ``base_url`` includes the version prefix, as in the openai SDK (``https://api.openai.com/v1``).
+    ``base_url`` includes the version prefix, as in the openai SDK (``https://api.openai.com/v1``);
+    several URLs are replicas of one endpoint (``infra.llm.replicas``): each attempt goes to one of
+    them, a replica that keeps failing is set aside, and a request it failed is retried on another
+    at once. The budgets stay the endpoint's, whichever replica serves.
     ``run`` may be called from several threads at once; every call's requests run on the
     process's I/O loop over the base URL's one session, under ``limiter`` and ``in_flight`` (set
     them from ``get_limiter`` and ``get_in_flight`` so every backend of an endpoint shares one
@@ -227,7 +246,7 @@ class OpenAICompatBackend:
     def __init__(
         self,
         name: str,
-        base_url: str,
+        base_url: str | Sequence[str],
         api_key: str | None = None,
         max_in_flight: int = 32,
         timeout_s: float = 120.0,
@@ -236,6 +255,8 @@ class OpenAICompatBackend:
         backoff_max_s: float = 60.0,
         limiter: RateLimiter | None = None,
         in_flight: InFlightLimit | None = None,
+        replica_max_failures: int = 3,
+        replica_backoff_s: float = 5.0,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
@@ -244,7 +265,14 @@ class OpenAICompatBackend:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.name = name
-        self.base_url = base_url.rstrip("/")
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url: give at least one URL")
+        self.base_urls = [url.rstrip("/") for url in urls]
+        self.base_url = self.base_urls[0]
+        self._replicas = (
+            ReplicaSet(self.base_urls, replica_max_failures, replica_backoff_s) if len(self.base_urls) > 1 else None
+        )
         self._api_key = _Secret(api_key) if api_key else None
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
@@ -363,7 +391,8 @@ class OpenAICompatBackend:
     def close(self) -> None:
         """Retire the base URL's shared session: it closes once the runs using it end, and a
         later ``run`` opens a fresh one."""
-        io_loop.retire_session(self.base_url)
+        for url in self.base_urls:
+            io_loop.retire_session(url)
 
     # ------------------------------------------------------------------ on the I/O loop
     def _new_session(self) -> aiohttp.ClientSession:
@@ -381,7 +410,7 @@ class OpenAICompatBackend:
         # the shared limit if there is one (it may have been resized since construction), else ours
         slots = self.in_flight if self.in_flight is not None else self._own_slots
         limiter = self.limiter or self._own_limiter
-        async with io_loop.shared_session(self.base_url, self._new_session) as session:
+        async with self._sessions() as session:
             tasks = [
                 asyncio.ensure_future(self._one(session, slots, limiter, request, deliver)) for request in requests
             ]
@@ -391,6 +420,41 @@ class OpenAICompatBackend:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    @asynccontextmanager
+    async def _sessions(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """A run's session of its base URL; with replicas, also each replica's (for the run's
+        request tasks, through ``_REPLICA_SESSIONS``)."""
+        if self._replicas is None:
+            async with io_loop.shared_session(self.base_url, self._new_session) as session:
+                yield session
+            return
+        async with AsyncExitStack() as stack:
+            sessions = {
+                url: await stack.enter_async_context(io_loop.shared_session(url, self._new_session))
+                for url in self.base_urls
+            }
+            token = _REPLICA_SESSIONS.set(sessions)
+            try:
+                yield sessions[self.base_url]
+            finally:
+                _REPLICA_SESSIONS.reset(token)
+
+    async def _replica_attempt(self, path: str, payload: bytes, chat: bool, route: _Route) -> tuple[str, str, int, int]:
+        """One attempt on the replica ``ReplicaSet.pick`` gives (not the one the last failed on)."""
+        assert self._replicas is not None
+        replica = self._replicas.pick(avoid=route.failed_on)
+        verdict: str | None = ""  # no verdict unless it answers or fails (a cancellation)
+        try:
+            answer = await self._attempt(_REPLICA_SESSIONS.get()[replica.url], f"{replica.url}/{path}", payload, chat)
+            verdict = None
+            return answer
+        except _Failure as exc:
+            verdict = exc.reason
+            raise
+        finally:
+            self._replicas.done(replica, verdict)
+            route.failed_on = replica if verdict and is_replica_failure(verdict) else None
 
     # ------------------------------------------------------------------ one request
     def _count(self, **increments: int) -> None:
@@ -420,6 +484,7 @@ class OpenAICompatBackend:
             on_result(LLMResult(request.key, None, attempts=0, error=str(exc), reason="invalid_request"))
             return
         url = f"{self.base_url}/{path}"
+        route = _Route() if self._replicas is not None else None
         payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
         tokens = estimate_tokens(request)
         chat = request.messages is not None
@@ -433,7 +498,11 @@ class OpenAICompatBackend:
                 if started is None:
                     started = time.monotonic()
                 try:
-                    text, finish, tokens_in, tokens_out = await self._attempt(session, url, payload, chat)
+                    text, finish, tokens_in, tokens_out = await (
+                        self._attempt(session, url, payload, chat)
+                        if route is None
+                        else self._replica_attempt(path, payload, chat, route)
+                    )
                 except _Failure as exc:
                     failure = exc
                 else:
@@ -454,6 +523,8 @@ class OpenAICompatBackend:
                 limiter.penalize(failure.retry_after)
             if not failure.retryable or attempt > self.max_retries:
                 break
+            if route is not None and route.failed_on is not None and self._replicas.available(route.failed_on):
+                continue  # the replica failed, not the request: another one in service takes it now
             delay = self._backoff(attempt - 1, failure)
             log.debug(
                 "%s: %s attempt %d failed (%s); retrying in %.2fs",
@@ -539,7 +610,7 @@ def backend_from_endpoint(name: str, endpoint: Endpoint) -> OpenAICompatBackend:
     in-flight), shared with every other backend of the same endpoint name."""
     return OpenAICompatBackend(
         name=name,
-        base_url=endpoint.base_url,
+        base_url=endpoint.urls,
         api_key=_api_key(name, endpoint),
         max_in_flight=endpoint.max_in_flight,
         timeout_s=endpoint.timeout_s,
@@ -548,4 +619,6 @@ def backend_from_endpoint(name: str, endpoint: Endpoint) -> OpenAICompatBackend:
         backoff_max_s=endpoint.backoff_max_s,
         limiter=get_limiter(name, endpoint.requests_per_minute, endpoint.tokens_per_minute),
         in_flight=get_in_flight(name, endpoint.max_in_flight),
+        replica_max_failures=endpoint.replica_max_failures,
+        replica_backoff_s=endpoint.replica_backoff_s,
     )

@@ -163,3 +163,23 @@ def test_override_list_item_whose_id_has_dots(tmp_path):
 def test_batch_api_is_refused_rather_than_ignored(tmp_path):
     with pytest.raises(SpecError, match=r"endpoints\.api\.batch_api: the Batch API path is not implemented yet"):
         load_spec(write(tmp_path, minimal()), ["endpoints.api.batch_api=true"])
+
+
+def test_an_endpoint_may_list_replicas(tmp_path):
+    data = minimal()
+    data["endpoints"]["api"] = {"base_urls": ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]}
+    spec = load_spec(write(tmp_path, data))
+    assert spec.endpoints["api"].urls == ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1"]
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [{}, {"base_url": "http://a/v1", "base_urls": ["http://b/v1"]}],
+    ids=["neither", "both"],
+)
+def test_an_endpoint_needs_base_url_or_base_urls(tmp_path, endpoint):
+    data = minimal()
+    data["endpoints"]["api"] = endpoint
+    with pytest.raises(SpecError, match="endpoints.api: .*give `base_url` .* or `base_urls`"):
+        load_spec(write(tmp_path, data))
+

@@ -223,3 +223,18 @@ def test_an_endpoint_the_spec_file_gives_no_key_gets_none():
     spec.pin_endpoints({})  # the spec file has no endpoint `sim`
     with pytest.raises(factory.UntrustedEndpointError, match="has no key in the spec file"):
         factory.model_backend(spec, spec.models[0])
+
+
+def test_every_replica_of_a_pinned_endpoint_must_be_on_the_spec_files_host(listeners):
+    trusted, foreign = listeners
+    spec = pinned_spec(trusted.url, base_url=None, base_urls=[trusted.url, foreign.url])
+    with pytest.raises(factory.UntrustedEndpointError, match=f"not to http://127.0.0.1:{foreign.port}$"):
+        factory.model_backend(spec, spec.models[0])
+    assert foreign.requests == [] and trusted.requests == []
+
+
+def test_replicas_on_the_spec_files_hosts_get_their_key(listeners):
+    trusted, _ = listeners
+    spec = pinned_spec(trusted.url, base_url=None, base_urls=[trusted.url, trusted.url + "/"])
+    assert [r.ok for r in _one_request(factory.model_backend(spec, spec.models[0]))] == [True]
+    assert trusted.authorizations == ["Bearer sk-models"]
