@@ -276,6 +276,12 @@ class Execution(_Strict):
         description="send again the judge calls whose answers stayed unparseable after `judge.parse_retries` "
         "re-asks (by default a rerun does not pay for them again; `retry-failed --reparse` sets this)",
     )
+    budget_dir: str | None = Field(
+        default=None,
+        description="a local folder where the endpoints' budgets (requests and tokens per minute, in flight) are "
+        "kept for every process on this machine that names it (infra/llm/shared_budget.py); None: "
+        "$ULTRAFEEDBACK_BUDGET_DIR, else each process keeps its own",
+    )
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)

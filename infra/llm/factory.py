@@ -8,10 +8,14 @@ changed endpoint configuration makes a new backend.
 In a deployment run the spec carries the endpoints of its spec file (``Spec.pin_endpoints``): an
 endpoint whose ``base_url`` or key source differs from the file's gets no backend, so its key is
 never read, let alone sent to a host the file does not name for it.
+
+With ``execution.budget_dir`` (or ``$ULTRAFEEDBACK_BUDGET_DIR``) an endpoint's budgets are shared by
+every process of the machine naming that folder (``infra.llm.shared_budget``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 from ultrafeedback.infra.llm.base import Backend
@@ -32,11 +36,12 @@ def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
     if refusal is not None:
         raise UntrustedEndpointError(refusal)
     endpoint = spec.endpoints[endpoint_name]
-    cache_key = ("openai", endpoint_name, endpoint.model_dump_json())
+    budget_dir = spec.execution.budget_dir or os.environ.get("ULTRAFEEDBACK_BUDGET_DIR") or None
+    cache_key = ("openai", endpoint_name, endpoint.model_dump_json(), budget_dir or "")
     with _LOCK:
         if cache_key not in _CACHE:
             # attaches get_limiter(endpoint_name, ...) and get_in_flight(endpoint_name, max_in_flight)
-            _CACHE[cache_key] = backend_from_endpoint(endpoint_name, endpoint)
+            _CACHE[cache_key] = backend_from_endpoint(endpoint_name, endpoint, budget_dir)
         return _CACHE[cache_key]
 
 

@@ -111,12 +111,16 @@ class RateLimiter:
         """
         now = time.monotonic()
         with self._lock:
-            go = now
-            if self._requests is not None:
-                go = max(go, self._requests.reserve(1.0, now))
-            if self._tokens is not None and tokens > 0:
-                go = max(go, self._tokens.reserve(float(tokens), now))
-            return go
+            return self._book(tokens, now)
+
+    def _book(self, tokens: int, now: float) -> float:
+        """``reserve``'s booking, under the lock (``infra.llm.shared_budget`` books in a shared file)."""
+        go = now
+        if self._requests is not None:
+            go = max(go, self._requests.reserve(1.0, now))
+        if self._tokens is not None and tokens > 0:
+            go = max(go, self._tokens.reserve(float(tokens), now))
+        return go
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until both budgets cover one request of ``tokens`` tokens, then take them."""
@@ -133,15 +137,19 @@ class RateLimiter:
         """Make every caller of this limiter pause for ``seconds`` from now."""
         if seconds <= 0:
             return
-        until = time.monotonic() + seconds
+        now = time.monotonic()
         with self._lock:
-            if until <= self._paused_until:
-                return
-            self._paused_until = until
-            for bucket in (self._requests, self._tokens):
-                if bucket is not None:
-                    bucket.refill(until - seconds)
-                    bucket.hold_until(until)
+            self._pause(now, now + seconds)
+
+    def _pause(self, now: float, until: float) -> None:
+        """``penalize``'s pause, under the lock."""
+        if until <= self._paused_until:
+            return
+        self._paused_until = until
+        for bucket in (self._requests, self._tokens):
+            if bucket is not None:
+                bucket.refill(now)
+                bucket.hold_until(until)
 
     @property
     def paused_for(self) -> float:

@@ -605,9 +605,19 @@ def _api_key(name: str, endpoint: Endpoint) -> str | None:
     return None
 
 
-def backend_from_endpoint(name: str, endpoint: Endpoint) -> OpenAICompatBackend:
+def backend_from_endpoint(name: str, endpoint: Endpoint, budget_dir: str | None = None) -> OpenAICompatBackend:
     """The backend of a spec endpoint, with its key resolved and its process-wide limiters (rate and
-    in-flight), shared with every other backend of the same endpoint name."""
+    in-flight), shared with every other backend of the same endpoint name; with ``budget_dir``, with
+    every process of the machine naming that folder (``infra.llm.shared_budget``)."""
+    if budget_dir:
+        from ultrafeedback.infra.llm.shared_budget import budget_key, shared_in_flight, shared_limiter
+
+        key = budget_key(name, endpoint.urls)
+        limiter: RateLimiter = shared_limiter(budget_dir, key, endpoint.requests_per_minute, endpoint.tokens_per_minute)
+        in_flight: InFlightLimit = shared_in_flight(budget_dir, key, endpoint.max_in_flight)
+    else:
+        limiter = get_limiter(name, endpoint.requests_per_minute, endpoint.tokens_per_minute)
+        in_flight = get_in_flight(name, endpoint.max_in_flight)
     return OpenAICompatBackend(
         name=name,
         base_url=endpoint.urls,
@@ -617,8 +627,8 @@ def backend_from_endpoint(name: str, endpoint: Endpoint) -> OpenAICompatBackend:
         max_retries=endpoint.max_retries,
         backoff_base_s=endpoint.backoff_base_s,
         backoff_max_s=endpoint.backoff_max_s,
-        limiter=get_limiter(name, endpoint.requests_per_minute, endpoint.tokens_per_minute),
-        in_flight=get_in_flight(name, endpoint.max_in_flight),
+        limiter=limiter,
+        in_flight=in_flight,
         replica_max_failures=endpoint.replica_max_failures,
         replica_backoff_s=endpoint.replica_backoff_s,
     )

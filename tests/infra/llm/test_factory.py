@@ -56,9 +56,9 @@ def built(monkeypatch) -> list[str]:
     names: list[str] = []
     real = openai_compat.backend_from_endpoint
 
-    def spy(name, endpoint):
+    def spy(name, endpoint, budget_dir=None):
         names.append(name)
-        return real(name, endpoint)
+        return real(name, endpoint, budget_dir)
 
     monkeypatch.setattr(openai_compat, "backend_from_endpoint", spy)
     return names
