@@ -83,7 +83,10 @@ class BuildSummary:
         for model, (tokens_in, tokens_out) in self.tokens.items():
             price = prices.get(model)
             if price is not None:
-                out[model] = round(tokens_in / 1e6 * price.input_per_mtok + tokens_out / 1e6 * price.output_per_mtok, 4)
+                from ultrafeedback.infra.budget import batch_factor
+
+                cost = tokens_in / 1e6 * price.input_per_mtok + tokens_out / 1e6 * price.output_per_mtok
+                out[model] = round(cost * batch_factor(spec, model), 4)  # the Batch API's discount
         return out
 
     def to_dict(self, spec: Spec) -> dict[str, Any]:
@@ -214,9 +217,14 @@ def shard_task(spec: Spec, stage: str, shard: int, run_id: str) -> Any:
     current = run.stage(stage)
     report: ShardReport = current.run_shard(run, shard)
     gates = {}
-    for gate in current.gates:
+    for gate in current.gates if not report.waiting else ():
         result = gate_unit(run, gate, shard)
         gates[gate.suite] = None if result is None else result.to_dict()
+    from ultrafeedback.infra.budget import for_store as budget_for
+
+    budget = budget_for(run.store)
+    if budget is not None:  # execution.max_cost_usd: calls were held back, the run stops
+        budget.check()
     return report.as_state(extra={"gates": gates})
 
 
@@ -283,7 +291,7 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
         summary.add_reports([data])
         for suite, result in (data.get("gates") or {}).items():
             gates[group[index].name].setdefault(suite, []).append(None if result is None else GateResult(**result))
-        if index + 1 < len(group) and crash is None:
+        if index + 1 < len(group) and not data.get("waiting") and crash is None:
             submit(shard, index + 1)
         else:
             active -= 1
@@ -334,6 +342,9 @@ def _build_leased(spec: Spec) -> str:
     stopped: BaseException | None = None
     run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     run = Run.start(spec, run_id)
+    from ultrafeedback.infra import budget
+
+    budget.activate(spec, store)  # execution.max_cost_usd
     try:
         _run_stages(run, summary)
     except BaseException as exc:
@@ -342,6 +353,7 @@ def _build_leased(spec: Spec) -> str:
     finally:
         run.close()
         Run.forget(run_id)
+        budget.deactivate(store)
         _report(spec, store, summary, run.facts.get("release"), stopped)
     return run.facts["release"]["uri"]
 
@@ -386,7 +398,9 @@ def _run_stages(run: Run, summary: BuildSummary) -> None:
         if group[0].sharded:
             logger.info("%s: %d shards", " + ".join(s.name for s in group), len(run.shards()))
             with stage_bars([s.name for s in group]):
-                results = _run_pipeline(run, group, summary)
+                from ultrafeedback.flows.batches import run_until_collected  # again while Batch API batches run
+
+                results = run_until_collected(run, group, summary)
             for stage in group:
                 _counts(run, summary, stage)
                 for gate in stage.gates:

@@ -252,6 +252,15 @@ class ShardReport:
     """nothing to do: the shard's outputs were up to date"""
     replayed: int = 0
     """answers taken from the journal of an earlier, killed run (no call made; in ``succeeded``/``failed``)"""
+    waiting: int = 0
+    """calls in Batch API batches that are still running: the shard is not done, the flow asks again later"""
+    batches: list[dict[str, Any]] = field(default_factory=list)
+    """the shard's Batch API batches (id, status, counts), for the flow's artifact"""
+
+    def add_batches(self, session: Any) -> None:
+        """Count a batch session's waiting calls (``infra.llm.batch.BatchSession``) and list its batches."""
+        self.waiting += len(session.waiting_keys)
+        self.batches += session.rows()
 
     def add_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
         pair = self.tokens.setdefault(model, [0, 0])
@@ -285,6 +294,8 @@ class ShardReport:
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
             "replayed": self.replayed,
+            "waiting": self.waiting,
+            "batches": self.batches,
         }
 
 

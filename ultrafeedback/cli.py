@@ -7,6 +7,8 @@ Exit codes (scripts may rely on them):
   3  a quality gate failed, or the judge's circuit breaker opened: the run stopped before publishing
   4  another run holds the dataset's lease: nothing was done (or, with --wait, it was still held
      when the wait timed out); also when a run lost its lease to another and stopped
+  5  the run reached execution.max_cost_usd: calls were held back, what was done is kept (a rerun with a
+     higher cap continues)
   130 interrupted (Ctrl-C or SIGTERM)
 """
 
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_LEASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_BUDGET = 5
 
 
 def demo_spec() -> Path:
@@ -113,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         "columns) without running anything",
     )
     _add_spec_args(p)
+    p = sub.add_parser(
+        "estimate",
+        help="the calls, tokens and cost a build would make now, per model and endpoint (Batch API discount "
+        "included); runs ingest and assign, sends nothing",
+    )
+    _add_spec_args(p)
+    p.add_argument("--tokenizer", default=None, help="count prompt tokens with this tokenizer (default o200k_base)")
     p = sub.add_parser("status", help="stage counts, failures by reason, gate results and releases")
     _add_spec_args(p)
     p.add_argument("--failures", type=int, default=5, metavar="N", help="failures to list per stage")
@@ -175,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"k={spec.completions_per_instruction}, judge {spec.judge.backend}:{spec.judge.model or 'heuristic'}"
             )
             return EXIT_OK
+        if args.command == "estimate":
+            from ultrafeedback.estimate import print_estimate
+
+            return print_estimate(args.spec, args.overrides, args.tokenizer)
         if args.command == "status":
             from ultrafeedback.status import print_status
 
@@ -216,6 +230,11 @@ def _report_failure(exc: Exception) -> int:
     if isinstance(exc, JudgeCircuitOpen):
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_GATE
+    from ultrafeedback.infra.budget import BudgetExceeded
+
+    if isinstance(exc, BudgetExceeded):
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUDGET
     if isinstance(exc, LeaseHeld | LeaseLost):
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LEASE

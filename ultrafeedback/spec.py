@@ -106,14 +106,18 @@ class Endpoint(_Strict):
     max_retries: int = Field(default=6, ge=0)
     backoff_base_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=60.0, ge=0)
-    batch_api: bool = Field(default=False, description="the provider's Batch API (not supported yet)")
-
-    @field_validator("batch_api")
-    @classmethod
-    def _no_batch_api_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("the Batch API path is not implemented yet; set batch_api: false")
-        return value
+    batch_api: bool = Field(
+        default=False,
+        description="send this endpoint's calls through the provider's Batch API (/v1/files, /v1/batches): "
+        "about half the price, answers within the completion window (infra/llm/batch.py)",
+    )
+    batch_max_requests: int = Field(default=50_000, ge=1, description="requests per batch (the provider's limit)")
+    batch_max_bytes: int = Field(
+        default=200 * 1024**2, ge=1024, description="bytes per batch input file (the provider's limit)"
+    )
+    batch_discount: float = Field(
+        default=0.5, ge=0, le=1, description="the Batch API's price cut (0.5: half price), for estimates and costs"
+    )
 
     replica_max_failures: int = Field(
         default=3, ge=1, description="consecutive failures (connection, 5xx, timeout) that set a replica aside"
@@ -281,6 +285,15 @@ class Execution(_Strict):
         description="a local folder where the endpoints' budgets (requests and tokens per minute, in flight) are "
         "kept for every process on this machine that names it (infra/llm/shared_budget.py); None: "
         "$ULTRAFEEDBACK_BUDGET_DIR, else each process keeps its own",
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="stop issuing calls before this run's spent plus in-flight estimate would pass this many "
+        "dollars (infra/budget.py); what was done is kept and a rerun continues",
+    )
+    batch_poll_s: float = Field(
+        default=60.0, gt=0, description="seconds between looks at submitted Batch API batches"
     )
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)

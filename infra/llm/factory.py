@@ -40,8 +40,14 @@ def _endpoint_backend(spec: Spec, endpoint_name: str) -> Backend:
     cache_key = ("openai", endpoint_name, endpoint.model_dump_json(), budget_dir or "")
     with _LOCK:
         if cache_key not in _CACHE:
-            # attaches get_limiter(endpoint_name, ...) and get_in_flight(endpoint_name, max_in_flight)
-            _CACHE[cache_key] = backend_from_endpoint(endpoint_name, endpoint, budget_dir)
+            if endpoint.batch_api:  # the provider's Batch API (infra/llm/batch.py)
+                from ultrafeedback.infra.llm.batch import BatchBackend
+                from ultrafeedback.infra.llm.openai_compat import _api_key
+
+                _CACHE[cache_key] = BatchBackend(endpoint_name, endpoint, _api_key(endpoint_name, endpoint))
+            else:
+                # attaches get_limiter(endpoint_name, ...) and get_in_flight(endpoint_name, max_in_flight)
+                _CACHE[cache_key] = backend_from_endpoint(endpoint_name, endpoint, budget_dir)
         return _CACHE[cache_key]
 
 

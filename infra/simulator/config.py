@@ -42,8 +42,27 @@ class SimulatorConfig(BaseModel):
         "answered (GET /stats/bodies): shows whether an answer already given was asked for again",
     )
 
+    usage_tokenizer: str = Field(
+        default="words",
+        description="how usage is counted: 'words' (whitespace words) or a tokenizer of infra.llm.tokens "
+        "(o200k_base, cl100k_base, approx), message overhead included as OpenAI bills it",
+    )
+    batch_delay_s: float = Field(default=1.0, ge=0, description="Batch API: seconds from creation to completion")
+    batch_max_requests: int = Field(default=50_000, ge=1, description="Batch API: requests per batch")
+    batch_max_file_bytes: int = Field(default=200 * 1024**2, ge=1, description="Batch API: bytes per input file")
+    batch_line_error_rate: float = Field(default=0.0, ge=0, le=1, description="Batch API: lines that fail (500)")
+    batch_expire_first: int = Field(default=0, ge=0, description="Batch API: the first N batches created expire")
+    batch_expire_fraction: float = Field(
+        default=0.5, ge=0, le=1, description="Batch API: the share of an expiring batch's lines answered first"
+    )
+    batch_fail_first: int = Field(default=0, ge=0, description="Batch API: the first N batches fail validation")
+
     @model_validator(mode="after")
     def _check_rates(self) -> SimulatorConfig:
+        from ultrafeedback.infra.llm.tokens import TOKENIZERS
+
+        if self.usage_tokenizer not in TOKENIZERS:
+            raise ValueError(f"usage_tokenizer {self.usage_tokenizer!r}: known: {', '.join(TOKENIZERS)}")
         total = self.rate_429 + self.rate_500 + self.rate_timeout + self.rate_malformed
         if total > 1.0 + 1e-9:
             raise ValueError(

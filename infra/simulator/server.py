@@ -1,7 +1,8 @@
 """The simulator's aiohttp server, its test handle ``Simulator`` and the ``simulate`` CLI entry.
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
-``GET /stats`` and ``POST /stats/reset``.
+``GET /stats`` and ``POST /stats/reset``; the Files and Batch APIs (``/v1/files``, ``/v1/batches``,
+``GET /stats/batches``) are in ``infra.simulator.batches``.
 
 Faults are decided per request by an RNG seeded with (seed, sha256 of the body, how many times
 this exact body was seen before), so a run is reproducible and a retried request can succeed.
@@ -14,7 +15,9 @@ proxies do, so tests can check that clients keep keys out of their errors.
 ``by_kind`` (generation, judge_aspect, critique, invalid), ``by_model``, ``by_endpoint`` (chat,
 completions), ``faults`` by type (``429``, ``500``, ``timeout``, ``malformed``, ``unparseable``,
 ``forced_<code>``, ``auth``), ``statuses`` answered (499: the client left first), ``with_auth``,
-``prompt_tokens``, ``completion_tokens``, ``in_flight`` and the ``max_in_flight`` observed.
+``prompt_tokens``, ``completion_tokens``, ``in_flight`` and the ``max_in_flight`` observed. Usage is
+counted in whitespace words unless ``usage_tokenizer`` names a tokenizer (``infra.llm.tokens``: then
+as OpenAI bills, message overhead included).
 
 Latency is ``asyncio.sleep``, so concurrency is real; the handlers stay cheap (one JSON parse,
 one hash, a small lock) so one core serves about a thousand requests a second.
@@ -38,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ultrafeedback.infra.simulator import content
+from ultrafeedback.infra.simulator import batches, content
 from ultrafeedback.infra.simulator.config import SimulatorConfig
 
 __all__ = ["Simulator", "SimulatorConfig", "build_app", "main", "serve_forever"]
@@ -53,6 +56,7 @@ class _State:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.lock = threading.Lock()
+        self.batch = batches.BatchState()
         self.reset()
 
     def reset(self) -> None:
@@ -71,6 +75,7 @@ class _State:
             self.seen: dict[bytes, int] = {}
             self.bodies: dict[str, list[list[float | int | None]]] = {}
             """body SHA-256 (hex) -> [came, answered (None while in flight), HTTP status] per request"""
+            self.batch.reset()
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
@@ -121,6 +126,19 @@ def _user_text(body: dict[str, Any]) -> tuple[str, str, int]:
     if isinstance(prompt, list):
         prompt = "\n".join(str(p) for p in prompt)
     return prompt, "", len(prompt.split())
+
+
+def _usage(state: _State, body: dict[str, Any], text: str) -> dict[str, int]:
+    """The usage of one answer (words, or ``usage_tokenizer``'s tokens), added to the counters."""
+    from ultrafeedback.infra.llm import tokens
+
+    name = state.config.usage_tokenizer
+    prompt = tokens.count_request(body.get("messages"), body.get("prompt"), name)
+    completion = tokens.count_text(text, name)
+    with state.lock:
+        state.prompt_tokens += prompt
+        state.completion_tokens += completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def _validate(body: Any, chat: bool) -> str | None:
@@ -186,7 +204,7 @@ async def _answer(
             state.by_kind["invalid"] += 1
         return _error(400, problem, "invalid_request_error")
     model: str = body["model"]
-    user, system, prompt_words = _user_text(body)
+    user, system, _ = _user_text(body)
     kind, aspect = content.classify(user)
     auth = request.headers.get("Authorization")
     digest = hashlib.sha256(raw).digest()
@@ -267,17 +285,8 @@ async def _answer(
     if unparseable:
         with state.lock:
             state.faults["unparseable"] += 1
-    completion_words = len(text.split())
-    with state.lock:
-        state.prompt_tokens += prompt_words
-        state.completion_tokens += completion_words
-
+    usage = _usage(state, body, text)
     ident = digest[:12].hex()
-    usage = {
-        "prompt_tokens": prompt_words,
-        "completion_tokens": completion_words,
-        "total_tokens": prompt_words + completion_words,
-    }
     if chat:
         payload = {
             "id": f"chatcmpl-{ident}",
@@ -344,6 +353,7 @@ def build_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get("/stats", _stats)
     app.router.add_get("/stats/bodies", _stats_bodies)
     app.router.add_post("/stats/reset", _stats_reset)
+    batches.add_routes(app)
     return app
 
 
@@ -460,6 +470,14 @@ class Simulator:
             raise RuntimeError("the simulator was never started")
         return self._state.snapshot()
 
+    def batch_stats(self) -> dict[str, Any]:
+        """The Batch API's counters (``GET /stats/batches``): batches by status, lines answered, and
+        how many times each ``custom_id`` went into a created batch."""
+        if self._state is None:
+            raise RuntimeError("the simulator was never started")
+        with self._state.lock:
+            return self._state.batch.snapshot()
+
     def reset(self) -> None:
         """Zero the counters and forget which bodies were seen (fault draws start over)."""
         if self._state is not None:
@@ -530,6 +548,16 @@ def _parser() -> argparse.ArgumentParser:
         "--api-key", default=None, help="require this bearer key (a test key, never a real one)"
     )
     parser.add_argument(
+        "--usage-tokenizer",
+        default=defaults.usage_tokenizer,
+        help="count usage with this tokenizer (o200k_base, cl100k_base, approx) instead of words",
+    )
+    parser.add_argument(
+        "--batch-delay-s", type=float, default=defaults.batch_delay_s, help="Batch API: seconds to complete a batch"
+    )
+    parser.add_argument("--batch-line-error-rate", type=float, default=0.0, help="Batch API: failed lines, 0..1")
+    parser.add_argument("--batch-expire-first", type=int, default=0, help="Batch API: the first N batches expire")
+    parser.add_argument(
         "--record-bodies",
         action="store_true",
         help="keep when each request body came and was answered (GET /stats/bodies)",
@@ -557,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
             max_faults_per_body=args.max_faults_per_body,
             api_key=args.api_key,
             record_bodies=args.record_bodies,
+            usage_tokenizer=args.usage_tokenizer,
+            batch_delay_s=args.batch_delay_s,
+            batch_line_error_rate=args.batch_line_error_rate,
+            batch_expire_first=args.batch_expire_first,
         )
     except ValueError as exc:
         print(f"simulate: invalid settings: {exc}", file=sys.stderr)

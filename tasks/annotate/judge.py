@@ -13,9 +13,12 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ultrafeedback.infra.budget import for_store as budget_for
+from ultrafeedback.infra.calls import run_calls
 from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
-from ultrafeedback.infra.journal import Journal, journal_root, run_journaled
+from ultrafeedback.infra.journal import Journal, journal_root
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.llm.batch import session_for
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import (
     AspectAnnotation,
@@ -148,7 +151,7 @@ def annotate_shard(
 
     jobs: list[AspectJob | CritiqueJob] = [*aspect_jobs, *critique_jobs]
     report.issued = len(jobs)
-    journal = None
+    journal = session = None
     with aspects, critiques:
         if spec.judge.backend == "heuristic":
             _run_heuristic(jobs, parse, accept, reject, shard)
@@ -156,10 +159,17 @@ def annotate_shard(
             journal = Journal(journal_root(store), ANNOTATIONS, label)
             gates = spec.gates
             breaker = breaker or ParseBreaker(gates.max_parse_failure_rate, gates.parse_failure_window)
-            _run_model(spec, jobs, parse, accept, reject, shard, report, journal, breaker)
+            from ultrafeedback.infra.llm.factory import judge_backend
+
+            session = session_for(judge_backend(spec), store, ANNOTATIONS, label)  # Batch API endpoints
+            _run_model(spec, jobs, parse, accept, reject, shard, report, journal, breaker, session, budget_for(store))
     if journal is not None:
         journal.discard()  # every answer is in a checkpointed part now
     report.issued -= report.replayed  # calls made by this run
+    if session is not None:
+        session.close()
+        report.issued = session.submitted
+        report.add_batches(session)
     report.seconds = time.monotonic() - started
     return report
 
@@ -212,7 +222,8 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
 
 
 def _run_model(  # noqa: ANN001
-    spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport, journal: Journal, breaker: ParseBreaker
+    spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport, journal: Journal, breaker: ParseBreaker,
+    session: Any = None, budget: Any = None,
 ) -> None:
     from ultrafeedback.infra.llm.factory import judge_backend
 
@@ -246,7 +257,7 @@ def _run_model(  # noqa: ANN001
                 retry[job.key] = job
 
         calls = [_model_request(spec, job) for job in pending.values()]
-        report.replayed += run_journaled(backend, calls, on_result, journal, replay)
+        report.replayed += run_calls(backend, calls, on_result, journal, replay, session, budget)
         if retry:
             report.issued += len(retry)
         pending = retry

@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ultrafeedback.infra.budget import for_store as budget_for
+from ultrafeedback.infra.calls import run_calls
 from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
-from ultrafeedback.infra.journal import Journal, journal_root, run_journaled
+from ultrafeedback.infra.journal import Journal, journal_root
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.llm.batch import session_for
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction
 from ultrafeedback.spec import Spec
@@ -102,6 +105,8 @@ def generate_shard(
     lock = threading.Lock()
     journal = Journal(journal_root(store), STAGE, shard_label(shard))
     replay = journal.replay()
+    budget = budget_for(store)  # execution.max_cost_usd (infra/budget.py)
+    sessions: list[tuple[Any, int]] = []  # Batch API endpoints (infra/llm/batch.py) and their calls
     with Checkpointer(results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)) as checkpoint:
 
         def on_result(result: LLMResult, backend_name: str) -> None:
@@ -143,7 +148,10 @@ def generate_shard(
                 on_progress(1)
 
         def run_batch(backend: Any, calls: list[LLMRequest]) -> None:
-            replayed = run_journaled(backend, calls, lambda result: on_result(result, backend.name), journal, replay)
+            session = session_for(backend, store, STAGE, shard_label(shard))
+            sessions.append((session, len(calls)))
+            deliver = lambda result: on_result(result, backend.name)  # noqa: E731
+            replayed = run_calls(backend, calls, deliver, journal, replay, session, budget)
             with lock:
                 report.replayed += replayed
 
@@ -160,6 +168,11 @@ def generate_shard(
                 for future in [pool.submit(run_batch, *batch) for batch in remote]:
                     future.result()
     journal.discard()  # every answer is in a checkpointed part now
+    for session, sent in sessions:
+        if session is not None:
+            session.close()
+            report.add_batches(session)
+            report.issued -= sent - session.submitted  # answered by earlier batches
     report.issued -= report.replayed  # calls made by this run
     report.seconds = time.monotonic() - started
     return report

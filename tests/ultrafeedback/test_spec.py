@@ -160,9 +160,15 @@ def test_override_list_item_whose_id_has_dots(tmp_path):
     assert spec.model_entry("small-t0.7").sampling.temperature == 0.2
 
 
-def test_batch_api_is_refused_rather_than_ignored(tmp_path):
-    with pytest.raises(SpecError, match=r"endpoints\.api\.batch_api: the Batch API path is not implemented yet"):
-        load_spec(write(tmp_path, minimal()), ["endpoints.api.batch_api=true"])
+def test_batch_api_and_its_limits_are_accepted(tmp_path):
+    spec = load_spec(
+        write(tmp_path, minimal()),
+        ["endpoints.api.batch_api=true", "endpoints.api.batch_max_requests=10", "execution.max_cost_usd=2.5"],
+    )
+    assert spec.endpoints["api"].batch_api and spec.endpoints["api"].batch_max_requests == 10
+    assert spec.execution.max_cost_usd == 2.5
+    with pytest.raises(SpecError, match=r"endpoints\.api\.batch_discount"):
+        load_spec(write(tmp_path, minimal()), ["endpoints.api.batch_discount=1.5"])
 
 
 def test_an_endpoint_may_list_replicas(tmp_path):
