@@ -32,3 +32,13 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def dask_address(tmp_path_factory):
+    """A Dask cluster of separate processes (``dask scheduler`` and one ``dask worker`` on 127.0.0.1),
+    once per session, stopped at its end: what ``execution.dask_address`` names at scale."""
+    from tests.dask_processes import dask_processes
+
+    with dask_processes(tmp_path_factory.mktemp("dask"), workers=1) as address:
+        yield address

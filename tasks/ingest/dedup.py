@@ -40,6 +40,8 @@ _VALUE_BITS = 58
 _VALUE_MASK = _U64((1 << _VALUE_BITS) - 1)
 _EMPTY = np.iinfo(np.uint64).max
 _CHUNK_CHARS = 4_000_000
+PART_TEXTS = 20_000
+"""Texts per task when the signatures are computed on a Dask cluster (``execution.dask_address``)."""
 
 
 def near_key(text: str) -> str:
@@ -135,6 +137,24 @@ def band_hashes(signature: np.ndarray) -> np.ndarray:
     return acc
 
 
+def sign(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Near keys, signatures and band hashes of ``texts``: the part of near-dedup that parallelises."""
+    keys = [near_key(t) for t in texts]
+    signature = signatures(keys)
+    return keys, signature, band_hashes(signature)
+
+
+def _sign_on_cluster(texts: Sequence[str], address: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``sign`` in parts of :data:`PART_TEXTS` on the Dask cluster at ``address``, put back in order."""
+    from ultrafeedback.infra.dask_cluster import dask_client
+
+    parts = [list(texts[i : i + PART_TEXTS]) for i in range(0, len(texts), PART_TEXTS)]
+    with dask_client(address) as client:
+        signed = client.gather(client.map(sign, parts, pure=False))
+    keys = [key for part_keys, _, _ in signed for key in part_keys]
+    return keys, np.concatenate([s for _, s, _ in signed]), np.concatenate([b for _, _, b in signed])
+
+
 class NearIndex:
     """The kept instructions, searchable for near duplicates of a new one.
 
@@ -142,13 +162,17 @@ class NearIndex:
     vectorised passes); ``add(i)`` marks candidate ``i`` as kept, ``find(i)`` returns the kept
     candidate that ``i`` nearly duplicates, if any. Callers decide the order, which decides who is
     kept. Only band buckets with two or more members are ever stored, so the common case (an
-    instruction like no other) costs one dict lookup.
+    instruction like no other) costs one dict lookup. With ``dask_address`` the keys, signatures and
+    band hashes (``sign``) are computed in parts on that Dask cluster; the search stays here, in
+    order, since the order decides who is kept.
     """
 
-    def __init__(self, texts: Sequence[str]):
-        self.keys = [near_key(t) for t in texts]
-        self.signature = signatures(self.keys)
-        self._groups = _shared_buckets(band_hashes(self.signature), [bool(k) for k in self.keys])
+    def __init__(self, texts: Sequence[str], dask_address: str | None = None):
+        if dask_address and texts:
+            self.keys, self.signature, bands = _sign_on_cluster(texts, dask_address)
+        else:
+            self.keys, self.signature, bands = sign(texts)
+        self._groups = _shared_buckets(bands, [bool(k) for k in self.keys])
         self._by_key: dict[str, int] = {}
         self._members: dict[int, list[int]] = {}
         self._shingles: dict[int, set[str]] = {}

@@ -287,7 +287,8 @@ def ingest(spec: Spec, *, hf_cache_dir: str | None = None) -> IngestResult:
         blocks.append((source, sorted(first.values(), key=lambda c: (c.rank, c.id))))
 
     ordered = [candidate for _, block in blocks for candidate in block]
-    near = NearIndex([c.text for c in ordered]) if spec.ingest.dedup == "near" else None
+    texts = [c.text for c in ordered]
+    near = NearIndex(texts, spec.execution.dask_address) if spec.ingest.dedup == "near" else None
     kept_text: dict[str, _Candidate] = {}
     instructions: list[Instruction] = []
     position = 0

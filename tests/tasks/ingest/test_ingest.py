@@ -443,3 +443,26 @@ def test_demo_data_files_ingest_cleanly() -> None:
     assert counts == {"demo": 24, "truthful_qa": 6, "false_qa": 4}
     tqa = [i for i in result.instructions if i.source == "truthful_qa"]
     assert all(len(i.correct_answers) >= 2 and i.incorrect_answers != ["None"] for i in tqa)
+
+
+def test_near_dedup_signs_on_a_dask_cluster_with_the_same_result(tmp_path: Path, dask_address, monkeypatch) -> None:
+    from ultrafeedback.infra.dask_cluster import dask_client
+    from ultrafeedback.tasks.ingest import dedup
+
+    rng = random.Random(3)
+    vocab = [f"word{i}" for i in range(500)]
+    base = [" ".join(rng.choice(vocab) for _ in range(30)) for _ in range(300)]
+    variants = [text.replace("word1 ", "changed ", 1) for text in base[:40]]
+    sources = [
+        jsonl_source(tmp_path, "a", [{"instruction": t} for t in base]),
+        jsonl_source(tmp_path, "b", [{"instruction": t} for t in variants]),
+    ]
+    local = ingest(make_spec(tmp_path, sources))
+    monkeypatch.setattr(dedup, "PART_TEXTS", 100)  # several parts, put back in order
+    with dask_client(dask_address) as client:
+        before = client.run(lambda dask_worker: len(dask_worker.state.log))
+        remote = ingest(make_spec(tmp_path, sources, execution={"dask_address": dask_address}))
+        after = client.run(lambda dask_worker: len(dask_worker.state.log))
+    assert all(after[w] > before[w] for w in after)  # signed by the worker process
+    assert remote.instructions == local.instructions and remote.dropped == local.dropped
+    assert remote.stats["b"]["near_duplicates"] == local.stats["b"]["near_duplicates"] > 0
