@@ -19,10 +19,13 @@ All methods run on the process's I/O loop (``infra.llm.loop``), so nothing here 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 
 __all__ = ["REPLICA_FAILURES", "Replica", "ReplicaSet", "is_replica_failure"]
+
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF_DOUBLINGS = 6
 """A replica failing every probe is probed at most every ``backoff_s * 2**6`` seconds."""
@@ -116,6 +119,8 @@ class ReplicaSet:
         replica.in_flight -= 1
         probe, replica.probing = replica.probing, False
         if reason is None:
+            if replica.aside_until:
+                log.warning("replica %s answers again: back in service", replica.url)
             replica.failures = 0
             replica.aside_until = 0.0
             replica.doublings = -1
@@ -125,7 +130,12 @@ class ReplicaSet:
         replica.failures += 1
         if probe or (not replica.aside_until and replica.failures >= self.max_failures):
             replica.doublings = min(replica.doublings + 1, MAX_BACKOFF_DOUBLINGS)
-            replica.aside_until = self._clock() + self.backoff_s * (2**replica.doublings)
+            pause = self.backoff_s * (2**replica.doublings)
+            replica.aside_until = self._clock() + pause
+            log.warning(
+                "replica %s set aside after %d failures in a row (last: %s); probed again in %.0f s",
+                replica.url, replica.failures, reason, pause,
+            )  # fmt: skip
 
     def available(self, avoid: Replica | None = None) -> bool:
         """Whether a replica other than ``avoid`` is in service (a failover need not wait)."""

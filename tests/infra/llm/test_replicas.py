@@ -154,3 +154,17 @@ def test_a_replica_stopped_midway_loses_nothing_and_nothing_answered_is_sent_aga
     stats = backend.stats()
     assert stats["requests"] == total and stats.get("failed", 0) == 0
     assert stats["attempts"] > total  # some were cut on A and sent again to B
+
+
+def test_setting_a_replica_aside_and_its_return_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    pool, clock = replicas(2, max_failures=1, backoff_s=2.0)
+    r0 = pool.replicas[0]
+    r0.in_flight += 1
+    with caplog.at_level("WARNING", logger="ultrafeedback.infra.llm.replicas"):
+        pool.done(r0, "http_502")
+        clock.now += 2.0
+        pool.done(pool.pick(), None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "replica http://r0/v1 set aside after 1 failures in a row (last: http_502); probed again in 2 s",
+        "replica http://r0/v1 answers again: back in service",
+    ]
