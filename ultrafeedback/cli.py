@@ -3,7 +3,8 @@
 Exit codes (scripts may rely on them):
   0  success
   1  unexpected error (a bug or an infrastructure failure; the message says which)
-  2  bad input: invalid spec or override, missing or unreadable source file
+  2  bad input: invalid spec or override, settings that contradict each other (one line each), missing or
+     unreadable source file
   3  a quality gate failed, or the judge's circuit breaker opened: the run stopped before publishing
   4  another run holds the dataset's lease: nothing was done (or, with --wait, it was still held
      when the wait timed out); also when a run lost its lease to another and stopped
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_s = (float("inf") if args.wait_timeout is None else args.wait_timeout) if args.wait else 0.0
         return _run_build(spec_path, args.overrides, wait_s)
     except SpecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in getattr(exc, "lines", None) or [str(exc)]:  # a contradiction per line, each standing alone
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

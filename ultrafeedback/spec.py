@@ -341,11 +341,6 @@ class Spec(_Strict):
                 )
         if self.judge.endpoint is not None and self.judge.endpoint not in self.endpoints:
             raise ValueError(f"judge.endpoint: {self.judge.endpoint!r} is not in endpoints")
-        if self.completions_per_instruction > len(self.models):
-            raise ValueError(
-                f"completions_per_instruction: {self.completions_per_instruction} distinct models "
-                f"per instruction, but the pool has only {len(self.models)}"
-            )
         if self.principles is not None:
             for source in self.sources:
                 for principle in source.principles:
@@ -440,11 +435,14 @@ def _format_loc(loc: tuple[Any, ...], data: Any) -> str:
 
 
 def validate_dict(data: Any, origin: str = "<spec>", base_dir: str = ".") -> Spec:
-    """Validate a spec given as a mapping; raise SpecError naming each bad key path."""
+    """Validate a spec given as a mapping; raise SpecError naming each bad key path, or
+    ``spec_checks.SpecContradiction`` listing the settings that contradict each other."""
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: the spec must be a mapping, got {type(data).__name__}")
+    from ultrafeedback.spec_checks import check
+
     try:
-        return Spec(**data, base_dir=base_dir)
+        spec = Spec(**data, base_dir=base_dir)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -454,6 +452,7 @@ def validate_dict(data: Any, origin: str = "<spec>", base_dir: str = ".") -> Spe
                 message = "unknown key"
             lines.append(f"  {where}: {message}")
         raise SpecError(f"{origin}: invalid spec\n" + "\n".join(lines)) from None
+    return check(spec)  # settings that are each valid but contradict each other: one line each
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -30,6 +30,8 @@ def _spec(**judge: Any) -> Spec:
             "models": [{"id": model, "backend": "embedded"} for model in POOL],
             "completions_per_instruction": len(POOL),
             "judge": judge,
+            # without critiques there is no overall score for the H4 rule to rank by
+            "binarize": {"rule": "h4" if judge.get("critique", True) else "argilla"},
         }
     )
 

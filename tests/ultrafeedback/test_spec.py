@@ -73,7 +73,7 @@ def test_unknown_endpoint_reference(tmp_path):
 def test_k_larger_than_pool(tmp_path):
     data = minimal()
     data["completions_per_instruction"] = 3
-    with pytest.raises(SpecError, match="completions_per_instruction: 3 distinct models"):
+    with pytest.raises(SpecError, match="completions_per_instruction=3, models: 3 distinct models"):
         load_spec(write(tmp_path, data))
 
 

@@ -1,0 +1,139 @@
+"""Specs that contradict themselves: settings each valid alone that no run can honour together.
+
+``contradictions(spec)`` lists them, one line each, every line naming the keys involved and why
+they clash (``pairs.score=overall, judge.critique=false: ...``). ``validate_dict`` refuses a spec
+with any (``SpecContradiction``), so ``validate``, ``build`` and deployment runs stop before any
+work instead of finding out at a gate after the models were paid: a spec that ranks pairs by a
+critique score it never asks for used to run to the end and then fail the binarized gate on
+missing columns.
+
+Only what the spec alone decides is checked here; what needs files (sources, chat templates) is
+checked by ``validate`` and at the start of a build.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ultrafeedback.spec import SpecError
+
+if TYPE_CHECKING:
+    from ultrafeedback.spec import Spec
+
+
+class SpecContradiction(SpecError):
+    """The spec contradicts itself; ``lines`` holds one line per contradiction."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def contradictions(spec: Spec) -> list[str]:
+    """Every contradiction in ``spec``, one line each (empty when there is none)."""
+    return [
+        *_judge_scores(spec),
+        *_pool(spec),
+        *_binarize(spec),
+        *_gates(spec),
+        *_publish(spec),
+    ]
+
+
+def check(spec: Spec) -> Spec:
+    """``spec`` when it does not contradict itself; raises ``SpecContradiction`` otherwise."""
+    lines = contradictions(spec)
+    if lines:
+        raise SpecContradiction(lines)
+    return spec
+
+
+def _judge_scores(spec: Spec) -> list[str]:
+    """The scores pairs and binarize rank by must be ones the judge produces."""
+    out = []
+    no_critique = "no critique is asked for, so no completion has an overall score"
+    no_aspects = "the judge rates no aspect, so no completion has a fine-grained score"
+    if spec.pairs.score == "overall" and not spec.judge.critique:
+        out.append(
+            f"pairs.score=overall, judge.critique=false: pairs are ranked by the critique's overall score, but "
+            f"{no_critique} (set judge.critique: true or pairs.score: fine_grained)"
+        )
+    if spec.pairs.score == "fine_grained" and not spec.judge.aspects:
+        out.append(
+            f"pairs.score=fine_grained, judge.aspects=[]: pairs are ranked by the mean of the aspect ratings, but "
+            f"{no_aspects} (list aspects in judge.aspects or set pairs.score: overall)"
+        )
+    if spec.binarize.rule == "h4" and not spec.judge.critique:
+        out.append(
+            f"binarize.rule=h4, judge.critique=false: the H4 rule picks the chosen completion by the critique's "
+            f"overall score, but {no_critique} (set judge.critique: true or binarize.rule: argilla)"
+        )
+    if spec.binarize.rule == "argilla" and not spec.judge.aspects:
+        out.append(
+            f"binarize.rule=argilla, judge.aspects=[]: the Argilla rule picks the chosen completion by the mean of "
+            f"the aspect ratings, but {no_aspects} (list aspects in judge.aspects or set binarize.rule: h4)"
+        )
+    return out
+
+
+def _pool(spec: Spec) -> list[str]:
+    k, pool = spec.completions_per_instruction, len(spec.models)
+    if k > pool:
+        return [
+            f"completions_per_instruction={k}, models: {k} distinct models per instruction, but the pool has "
+            f"only {pool}"
+        ]
+    return []
+
+
+def _binarize(spec: Spec) -> list[str]:
+    out = []
+    names = [source.name for source in spec.sources]
+    unknown = [name for name in spec.binarize.exclude_sources if name not in names]
+    for name in unknown:
+        out.append(f"binarize.exclude_sources: {name!r} is not a source (sources: {', '.join(names)})")
+    if not unknown and set(names) <= set(spec.binarize.exclude_sources):
+        out.append(
+            "binarize.exclude_sources, sources: every source is excluded, so the binarized set would have no row"
+        )
+    size = spec.binarize.test_size
+    if isinstance(size, float) and size >= 1 and not size.is_integer():
+        out.append(f"binarize.test_size={size:g}: neither a fraction below 1 nor a whole number of test rows")
+    return out
+
+
+def _gates(spec: Spec) -> list[str]:
+    """Gates no run can pass: more instructions or pairs than the quotas allow."""
+    quotas = [source.quota for source in spec.sources]
+    if any(quota is None for quota in quotas):
+        return []  # a source without a quota has no upper bound
+    out = []
+    most = sum(q for q in quotas if q is not None)
+    if spec.gates.min_instructions > most:
+        out.append(
+            f"gates.min_instructions={spec.gates.min_instructions}, sources[*].quota: the quotas add up to at most "
+            f"{most} instructions"
+        )
+    k = min(spec.completions_per_instruction, len(spec.models))
+    pairs = most * math.comb(k, 2)
+    if k >= 2 and spec.gates.min_pairs > pairs:  # k = 1 (no pairs at all) is left to the pairs gate
+        out.append(
+            f"gates.min_pairs={spec.gates.min_pairs}, sources[*].quota, completions_per_instruction={k}: at most "
+            f"{pairs} pairs ({most} instructions x C({k}, 2))"
+        )
+    return out
+
+
+def _publish(spec: Spec) -> list[str]:
+    out = []
+    for index, target in enumerate(spec.publish.targets):
+        if target.kind in ("local", "s3", "hub") and not target.uri:
+            what = "the repo id" if target.kind == "hub" else "the folder or bucket URL"
+            out.append(f"publish.targets[{index}].kind={target.kind}, publish.targets[{index}].uri: {what} is missing")
+        if target.kind == "store" and target.uri:
+            out.append(
+                f"publish.targets[{index}].kind=store, publish.targets[{index}].uri: a store target publishes to the "
+                "store; use kind local or s3 to publish elsewhere"
+            )
+    return out
