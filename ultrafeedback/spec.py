@@ -35,6 +35,11 @@ class Sampling(_Strict):
     frequency_penalty: float | None = None
     stop: list[str] | None = None
     seed: int | None = None
+    cut_at: str | None = Field(
+        default=None,
+        description="cut each generated response at the first occurrence of this string, after stripping it (the "
+        "original cut at four newlines: \"\\n\\n\\n\\n\"); applied to the returned text, never sent to the model",
+    )
 
     def merged(self, override: Sampling | None) -> Sampling:
         """These parameters with every field the override sets replaced."""

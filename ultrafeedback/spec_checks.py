@@ -34,6 +34,7 @@ def contradictions(spec: Spec) -> list[str]:
     """Every contradiction in ``spec``, one line each (empty when there is none)."""
     return [
         *_judge_scores(spec),
+        *_cuts(spec),
         *_pool(spec),
         *_binarize(spec),
         *_gates(spec),
@@ -74,6 +75,20 @@ def _judge_scores(spec: Spec) -> list[str]:
             f"binarize.rule=argilla, judge.aspects=[]: the Argilla rule picks the chosen completion by the mean of "
             f"the aspect ratings, but {no_aspects} (list aspects in judge.aspects or set binarize.rule: h4)"
         )
+    return out
+
+
+def _cuts(spec: Spec) -> list[str]:
+    """``cut_at`` shortens generated responses: not the judge's, and never to nothing."""
+    out = []
+    for key in ("sampling", "critique_sampling"):
+        if getattr(spec.judge, key).cut_at is not None:
+            out.append(f"judge.{key}.cut_at: the cut applies to generated completions only, never to the judge")
+    if spec.sampling.cut_at == "":
+        out.append("sampling.cut_at: an empty cut would remove every response")
+    for index, entry in enumerate(spec.models):
+        if entry.sampling is not None and entry.sampling.cut_at == "":
+            out.append(f"models[{index}] ({entry.id}).sampling.cut_at: an empty cut would remove every response")
     return out
 
 

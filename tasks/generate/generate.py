@@ -22,6 +22,15 @@ from ultrafeedback.tasks.stages import ShardReport
 STAGE = "completions"
 
 
+def cut_response(text: str, cut_at: str | None) -> str:
+    """A response as it is stored: stripped, then cut at the first ``cut_at`` (``sampling.cut_at``;
+    the original cut at four newlines after stripping, reference §2) and stripped again."""
+    text = text.strip()
+    if cut_at:
+        text = text.split(cut_at, 1)[0].rstrip()
+    return text
+
+
 def to_llm_request(request: CompletionRequest, instruction: Instruction, served_model: str) -> LLMRequest:
     """The backend call for one completion request, in the model's prompt format."""
     from ultrafeedback.tasks.generate.prompt_formats import build_prompt
@@ -93,6 +102,7 @@ def generate_shard(
     # local backends (embedded, vLLM) run one model's batch at a time, as a device holds one model.
     batches: dict[tuple[int, str], tuple[Any, list[LLMRequest]]] = {}
     originals = {r.request_id: r for r in requests}
+    cuts = {r.request_id: cut for r in requests if (cut := json.loads(r.sampling_json).get("cut_at"))}
     for request in sorted(requests, key=lambda r: r.model):
         entry = spec.model_entry(request.model)
         backend = model_backend(spec, entry)
@@ -111,15 +121,17 @@ def generate_shard(
 
         def on_result(result: LLMResult, backend_name: str) -> None:
             original = originals[result.key]
-            if result.ok and not (result.text or "").strip():
+            response = cut_response(result.text or "", cuts.get(result.key)) if result.ok else ""
+            if result.ok and not response:
                 # an empty answer (content filter, null content, immediate stop) is a failure:
                 # stored as a success it would block the gate and never be retried
+                cut = f" after the cut at {cuts[result.key]!r}" if (result.text or "").strip() else ""
                 result = LLMResult(
                     key=result.key,
                     text=None,
                     finish_reason=result.finish_reason,
                     attempts=result.attempts,
-                    error=f"empty response (finish_reason={result.finish_reason or 'unknown'})",
+                    error=f"empty response{cut} (finish_reason={result.finish_reason or 'unknown'})",
                     reason="empty_response",
                 )
             if result.ok:
@@ -128,7 +140,7 @@ def generate_shard(
                         request_id=original.request_id,
                         instruction_id=original.instruction_id,
                         model=original.model,
-                        response=(result.text or "").strip(),
+                        response=response,
                         finish_reason=result.finish_reason,
                         input_tokens=result.input_tokens,
                         output_tokens=result.output_tokens,

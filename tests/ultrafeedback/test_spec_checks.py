@@ -78,6 +78,11 @@ def test_a_consistent_spec_has_no_contradiction():
             "gates.min_pairs=91, sources[*].quota, completions_per_instruction=4: at most 90 pairs",
         ),
         (
+            {"judge": {"sampling": {"temperature": 0, "cut_at": "\n\n\n\n"}}},
+            "judge.sampling.cut_at: the cut applies to generated completions only, never to the judge",
+        ),
+        ({"sampling": {"cut_at": ""}}, "sampling.cut_at: an empty cut would remove every response"),
+        (
             {"publish": {"targets": [{"kind": "store"}, {"kind": "local"}]}},
             "publish.targets[1].kind=local, publish.targets[1].uri: the folder or bucket URL is missing",
         ),
