@@ -4,9 +4,9 @@ a host that should never see an API key. It answers every POST with a minimal ch
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
+
+from tests.loopback import LoopbackServer
 
 _ANSWER = json.dumps(
     {
@@ -16,7 +16,7 @@ _ANSWER = json.dumps(
 ).encode()
 
 
-class AuthListener:
+class AuthListener(LoopbackServer):
     """``with AuthListener() as listener:`` ... ``listener.requests`` holds (path, Authorization)."""
 
     def __init__(self) -> None:
@@ -36,28 +36,8 @@ class AuthListener:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        super().__init__(Handler)
 
     @property
     def authorizations(self) -> list[str]:
         return [auth for _, auth in self.requests if auth is not None]
-
-    def __enter__(self) -> AuthListener:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)

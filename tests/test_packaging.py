@@ -37,6 +37,8 @@ def test_the_wheel_installs_everything_under_the_project_name(tmp_path):
         "ultrafeedback/deployments/specs/demo.yaml",
         "ultrafeedback/deployments/data/demo_instructions.jsonl",
         "ultrafeedback/deployments/data/sample_truthfulqa.csv",
+        "ultrafeedback/deployments/specs/ultrafeedback.yaml",
+        "ultrafeedback/deployments/chat_templates/llama-2-chat.json",
     ):
         assert path in names, path
 
@@ -60,6 +62,7 @@ def test_the_demo_spec_validates_from_an_unpacked_install(tmp_path):
         "for source in spec.sources:  # the sample sources were shipped beside the spec\n"
         "    files = resolve_files(spec, source)[1]\n"
         f"    assert files and all(p.startswith({str(site)!r}) for p in files), files\n"
+        "assert main(['validate', str(demo_spec().with_name('ultrafeedback.yaml'))]) == 0  # its chat templates\n"
         "sys.exit(main(['validate', str(demo_spec())]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)

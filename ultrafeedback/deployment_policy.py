@@ -9,7 +9,7 @@ trusted the way the command line is: the worker's environment decides (``Deploym
   naming the key.
 - **API keys.** Each endpoint's key goes only to the origin the spec file names for it and comes
   only from the source the file names (``Spec.pin_endpoints``; the backend factory enforces it too).
-- **Paths.** The spec file, sources and decontamination lists must lie under
+- **Paths.** The spec file, sources, decontamination lists and chat templates must lie under
   ``ULTRAFEEDBACK_INPUT_ROOTS``; the store and publish folders under ``ULTRAFEEDBACK_OUTPUT_ROOTS``.
   Local paths are compared after ``..`` and symlinks are resolved (``/proc/self/environ`` is under
   no root unless a root contains it); URLs by prefix (``s3://bucket/prefix``).
@@ -229,6 +229,10 @@ class DeploymentPolicy(BaseModel):
             self._check_input(inputs, spec.resolve_path(source.path), key, cwd)
         for index, entry in enumerate(spec.ingest.decontaminate):
             self._check_input(inputs, spec.resolve_path(entry), f"ingest.decontaminate[{index}]", cwd)
+        for index, model in enumerate(spec.models):  # a template file's text goes into every prompt sent
+            if model.chat_template is not None and model.chat_template != "server":
+                key = f"models[{index}] ({model.id}).chat_template"
+                self._check_input(inputs, spec.resolve_path(model.chat_template), key, cwd)
         self._check(outputs, _output_location(spec.store, cwd), "store", OUTPUT_ROOTS_ENV)
         for index, target in enumerate(spec.publish.targets):
             if target.kind in ("local", "s3") and target.uri:

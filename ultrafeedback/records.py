@@ -63,7 +63,12 @@ class CompletionRequest(_Record):
     model: str = Field(description="the pool entry id")
     principle: str
     system_prompt: str
-    prompt_format: str
+    prompt_format: str = Field(description="the entry's prompt format, or `template` / `server` (its chat template)")
+    prompt_template: str = Field(
+        default="",
+        description="what builds the prompt, as the request id has it: template:<file>@<hash> (the model's chat "
+        "template), server (the server's), or <format>@<version> (tasks/generate/prompt_builder.py)",
+    )
     sampling_json: str = Field(description="the effective sampling parameters, canonical JSON")
     shard: int = Field(ge=0)
 
@@ -83,6 +88,9 @@ class Completion(_Record):
     output_tokens: int = 0
     latency_s: float = 0.0
     backend: str = ""
+    prompt_template: str = Field(
+        default="", description="the template that produced the prompt (its request's `prompt_template`)"
+    )
 
     @model_validator(mode="after")
     def _hash_of_response(self) -> Completion:

@@ -172,7 +172,25 @@ class ModelEntry(_Strict):
     endpoint: str | None = Field(default=None, description="endpoint name (backend openai)")
     model: str | None = Field(default=None, description="model name at the endpoint / in vLLM")
     path: str | None = Field(default=None, description="local weights (embedded, vllm)")
-    prompt_format: str = "chat"
+    prompt_format: str = Field(
+        default="chat",
+        description="without chat_template: `chat` (messages) or a raw format of tasks/generate/prompt_formats.py, "
+        "for servers without a template",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="the model's own chat template: a tokenizer_config.json, a folder holding one, or a Jinja file "
+        "(relative to the spec file), rendered here; or `server`: send chat messages and let the server apply its "
+        "template (tasks/generate/prompt_builder.py)",
+    )
+    principle_placement: Literal["auto", "system", "instruction", "none"] = Field(
+        default="auto",
+        description="where the principle goes: the system message, before the instruction in the user turn, or "
+        "nowhere; auto: the system message when the template has a system role, else before the instruction",
+    )
+    special_tokens: dict[str, str] = Field(
+        default_factory=dict, description="bos_token, eos_token, ... for the template, over the tokenizer config's"
+    )
     sampling: Sampling | None = None
     price: Price = Field(default_factory=Price)
 

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from ultrafeedback.spec import Spec
 
 
+CHAT_FORMAT = "chat"
+"""The prompt format that sends chat messages (every other format renders one raw prompt)."""
+
+
 class SpecContradiction(SpecError):
     """The spec contradicts itself; ``lines`` holds one line per contradiction."""
 
@@ -38,6 +42,7 @@ def contradictions(spec: Spec) -> list[str]:
         *_pool(spec),
         *_binarize(spec),
         *_gates(spec),
+        *_models(spec),
         *_publish(spec),
     ]
 
@@ -137,6 +142,29 @@ def _gates(spec: Spec) -> list[str]:
             f"gates.min_pairs={spec.gates.min_pairs}, sources[*].quota, completions_per_instruction={k}: at most "
             f"{pairs} pairs ({most} instructions x C({k}, 2))"
         )
+    return out
+
+
+def _models(spec: Spec) -> list[str]:
+    """A model's prompt comes from one place, and a raw prompt format places the principle itself."""
+    out = []
+    for index, entry in enumerate(spec.models):
+        where = f"models[{index}] ({entry.id})"
+        if entry.chat_template is not None and entry.prompt_format != CHAT_FORMAT:
+            out.append(
+                f"{where}.chat_template, {where}.prompt_format={entry.prompt_format}: the prompt is built by one "
+                "of them; drop prompt_format (raw formats are for servers without a template)"
+            )
+        elif entry.chat_template is None and entry.prompt_format != CHAT_FORMAT and entry.principle_placement != "auto":
+            out.append(
+                f"{where}.principle_placement={entry.principle_placement}, {where}.prompt_format="
+                f"{entry.prompt_format}: a raw prompt format places the principle itself"
+            )
+        if entry.special_tokens and (entry.chat_template is None or entry.chat_template == "server"):
+            out.append(
+                f"{where}.special_tokens, {where}.chat_template: special tokens fill a template file's variables, "
+                "but no template file is named"
+            )
     return out
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ultrafeedback.keys import request_id, seeded_int
 from ultrafeedback.records import CompletionRequest, Instruction
-from ultrafeedback.spec import Spec, SpecError
+from ultrafeedback.spec import Spec
 
 
 def principle_prompts(spec: Spec) -> dict[str, list[str]]:
@@ -26,19 +26,12 @@ def principle_prompts(spec: Spec) -> dict[str, list[str]]:
 
 
 def prompt_format_versions(spec: Spec) -> dict[str, str]:
-    """Format name -> version for the formats the pool uses; unknown names are spec errors."""
-    from ultrafeedback.tasks.generate.prompt_formats import FORMATS
+    """Model id -> the identity of what builds its prompts (``prompt_builder``: a chat template with
+    its hash, the server's template, or a prompt format with its version), the request key's prompt
+    part. An unknown format or an unusable template file is a spec error naming the model's key."""
+    from ultrafeedback.tasks.generate.prompt_builder import builders
 
-    versions = {}
-    for index, entry in enumerate(spec.models):
-        known = FORMATS.get(entry.prompt_format)
-        if known is None:
-            raise SpecError(
-                f"models[{index}] ({entry.id}).prompt_format: unknown format {entry.prompt_format!r}; "
-                f"known: {', '.join(FORMATS)}"
-            )
-        versions[entry.prompt_format] = known.version
-    return versions
+    return {model: builder.identity for model, builder in builders(spec).items()}
 
 
 def pick_models(seed: int, instruction_id: str, pool: Sequence[str], k: int) -> list[str]:
@@ -57,7 +50,9 @@ def assign(
     instructions: Sequence[Instruction], spec: Spec, shard_of: dict[str, int] | None = None
 ) -> list[CompletionRequest]:
     """One CompletionRequest per (instruction, slot); ``shard_of`` maps instruction id to shard."""
-    formats = prompt_format_versions(spec)
+    from ultrafeedback.tasks.generate.prompt_builder import builders
+
+    recipes = builders(spec)
     prompts = principle_prompts(spec)
     sources = {s.name: s for s in spec.sources}
     pool = sorted(m.id for m in spec.models)
@@ -71,7 +66,7 @@ def assign(
             principle = _weighted_choice(rng, weights)
             system_prompt = rng.choice(prompts[principle])
             sampling_json = spec.sampling.merged(entry.sampling).canonical_json()
-            prompt_format = f"{entry.prompt_format}@{formats[entry.prompt_format]}"
+            recipe = recipes[model_id]
             requests.append(
                 CompletionRequest(
                     request_id=request_id(
@@ -81,7 +76,7 @@ def assign(
                         principle,
                         system_prompt,
                         sampling_json,
-                        prompt_format,
+                        recipe.identity,
                     ),
                     instruction_id=instruction.id,
                     source=instruction.source,
@@ -89,7 +84,8 @@ def assign(
                     model=model_id,
                     principle=principle,
                     system_prompt=system_prompt,
-                    prompt_format=entry.prompt_format,
+                    prompt_format=recipe.kind,
+                    prompt_template=recipe.identity,
                     sampling_json=sampling_json,
                     shard=(shard_of or {}).get(instruction.id, 0),
                 )

@@ -17,6 +17,8 @@ from ultrafeedback.infra.llm.batch import session_for
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction
 from ultrafeedback.spec import Spec
+from ultrafeedback.tasks.generate.chat_templates import ChatTemplateError
+from ultrafeedback.tasks.generate.prompt_builder import PromptBuilder, builders
 from ultrafeedback.tasks.stages import ShardReport
 
 STAGE = "completions"
@@ -31,11 +33,22 @@ def cut_response(text: str, cut_at: str | None) -> str:
     return text
 
 
-def to_llm_request(request: CompletionRequest, instruction: Instruction, served_model: str) -> LLMRequest:
-    """The backend call for one completion request, in the model's prompt format."""
-    from ultrafeedback.tasks.generate.prompt_formats import build_prompt
+def to_llm_request(
+    request: CompletionRequest, instruction: Instruction, served_model: str, builder: PromptBuilder | None = None
+) -> LLMRequest:
+    """The backend call for one completion request, built by its model's prompt recipe (``builder``;
+    by default the one this process made for the request's ``prompt_template``, or its raw format).
+    Raises ``ChatTemplateError`` when the model's chat template cannot render it."""
+    from ultrafeedback.tasks.generate.prompt_builder import registered
+    from ultrafeedback.tasks.generate.prompt_formats import FORMATS, build_prompt
 
-    built = build_prompt(request.prompt_format, instruction.instruction, request.system_prompt)
+    builder = builder or registered(request.prompt_template)
+    if builder is not None:
+        built = builder.build(instruction.instruction, request.system_prompt)
+    elif request.prompt_format in FORMATS:  # a request made before prompt templates were recorded
+        built = build_prompt(request.prompt_format, instruction.instruction, request.system_prompt)
+    else:
+        raise ValueError(f"request {request.request_id}: no prompt recipe {request.prompt_template!r} in this process")
     sampling = json.loads(request.sampling_json)
     if built.stop:
         sampling["stop"] = list(dict.fromkeys([*(sampling.get("stop") or []), *built.stop]))
@@ -102,14 +115,30 @@ def generate_shard(
     # local backends (embedded, vLLM) run one model's batch at a time, as a device holds one model.
     batches: dict[tuple[int, str], tuple[Any, list[LLMRequest]]] = {}
     originals = {r.request_id: r for r in requests}
+    recipes = builders(spec)
     cuts = {r.request_id: cut for r in requests if (cut := json.loads(r.sampling_json).get("cut_at"))}
+    unbuilt: list[Failure] = []  # a chat template that raised for this request: recorded, not sent
     for request in sorted(requests, key=lambda r: r.model):
         entry = spec.model_entry(request.model)
         backend = model_backend(spec, entry)
         group = (id(backend), "" if entry.backend == "openai" else entry.id)
-        batch = batches.setdefault(group, (backend, []))[1]
-        batch.append(to_llm_request(request, instructions[request.instruction_id], entry.served_name))
-    report.issued = len(requests)
+        try:
+            call = to_llm_request(request, instructions[request.instruction_id], entry.served_name, recipes[entry.id])
+        except ChatTemplateError as exc:
+            unbuilt.append(
+                Failure(
+                    stage=STAGE,
+                    key=request.request_id,
+                    shard=shard,
+                    reason="prompt_template",
+                    error=str(exc)[:2000],
+                    attempts=0,
+                    at=time.time(),
+                )
+            )
+            continue
+        batches.setdefault(group, (backend, []))[1].append(call)
+    report.issued = len(requests) - len(unbuilt)
     results = results or store.results(STAGE, Completion, key="request_id")
     failures = failures or failure_log(store, STAGE)
     lock = threading.Lock()
@@ -118,6 +147,9 @@ def generate_shard(
     budget = budget_for(store)  # execution.max_cost_usd (infra/budget.py)
     sessions: list[tuple[Any, int]] = []  # Batch API endpoints (infra/llm/batch.py) and their calls
     with Checkpointer(results, failures, every=spec.execution.checkpoint_every, label=shard_label(shard)) as checkpoint:
+        for failure in unbuilt:
+            checkpoint.fail(failure)
+            report.failed[failure.reason] += 1
 
         def on_result(result: LLMResult, backend_name: str) -> None:
             original = originals[result.key]
@@ -146,6 +178,7 @@ def generate_shard(
                         output_tokens=result.output_tokens,
                         latency_s=round(result.latency_s, 4),
                         backend=backend_name,
+                        prompt_template=original.prompt_template or recipes[original.model].identity,
                     )
                 )
             else:

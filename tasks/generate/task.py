@@ -42,7 +42,18 @@ def present_ids(run: Run, shard: int) -> list[str]:
 
 def _gate_rows(run: Run, shard: int) -> Any:
     ids = present_ids(run, shard)
-    return fingerprint("completions", ids), lambda: run.log("completions").read_keys(ids).to_pandas()
+    return fingerprint("completions", ids), lambda: _with_every_field(run.log("completions").read_keys(ids).to_pandas())
+
+
+def _with_every_field(frame: Any) -> Any:
+    """Completions read back, with the fields parts written before a field existed lack set to their
+    default (``prompt_template``: ''), so the gate's column check judges the data, not its age."""
+    from ultrafeedback.records import Completion
+
+    for name, field in Completion.model_fields.items():
+        if name not in frame.columns and len(frame) and isinstance(field.default, str):
+            frame[name] = field.default
+    return frame
 
 
 def _summary(run: Run) -> list[Any]:

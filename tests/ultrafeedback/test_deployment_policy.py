@@ -219,6 +219,17 @@ def test_a_decontamination_list_outside_the_roots_is_refused(checkout):
         resolve(checkout)
 
 
+def test_a_chat_template_outside_the_roots_is_refused_and_one_inside_passes(checkout, tmp_path):
+    (tmp_path / "outside" / "t.jinja").write_text("{{ messages[-1].content }}")
+    (checkout / "deployments" / "specs" / "t.jinja").write_text("{{ messages[-1].content }}")
+    models = sim_models(2)
+    write_spec(checkout, models=[{**models[0], "chat_template": "t.jinja"}, {**models[1], "chat_template": "server"}])
+    assert resolve(checkout).models[0].chat_template == "t.jinja"
+    write_spec(checkout, models=[{**models[0], "chat_template": str(tmp_path / "outside" / "t.jinja")}, models[1]])
+    with pytest.raises(DeploymentRefused, match=r"models\[0\] \(sim-0\)\.chat_template: .*outside/t\.jinja is not"):
+        resolve(checkout)
+
+
 def test_the_store_stays_under_the_output_roots(checkout):
     assert resolve(checkout).store == "file://./.ultrafeedback"
     write_spec(checkout, store="file://./.ultrafeedback/../deployments")

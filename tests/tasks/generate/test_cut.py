@@ -39,6 +39,7 @@ def test_generation_stores_the_cut_response_and_the_cut_changes_the_key(setup): 
     generate_shard(cut, store, 0, cut_requests, instructions)
     rows = store.results(STAGE, Completion, key="request_id").rows()
     assert sorted(r["response"] for r in rows) == sorted(f"kept {r.request_id}" for r in cut_requests)
+    assert {r["prompt_template"] for r in rows} == {r.prompt_template for r in cut_requests} != {""}
 
 
 def test_a_response_the_cut_leaves_empty_is_a_failure(setup):  # noqa: F811
