@@ -189,3 +189,9 @@ def test_an_endpoint_needs_base_url_or_base_urls(tmp_path, endpoint):
     with pytest.raises(SpecError, match="endpoints.api: .*give `base_url` .* or `base_urls`"):
         load_spec(write(tmp_path, data))
 
+
+def test_the_batch_api_takes_one_url_not_replicas(tmp_path):
+    data = minimal()
+    data["endpoints"]["api"] = {"base_urls": ["http://a/v1", "http://b/v1"], "batch_api": True}
+    with pytest.raises(SpecError, match="batch_api goes to one provider"):
+        load_spec(write(tmp_path, data))
