@@ -272,6 +272,7 @@ def estimate(spec: Spec, tokenizer: str | None = None, run: Any = None) -> Estim
     prices = {m.id: m.price for m in spec.models}
     prices[judge_model_id(spec)] = spec.judge.price
     notes = []
+    batched: dict[float, list[str]] = {}
     for item in lines.values():
         price = prices.get(item.model)
         factor = 1.0
@@ -281,7 +282,9 @@ def estimate(spec: Spec, tokenizer: str | None = None, run: Any = None) -> Estim
             cost = item.input_tokens / 1e6 * price.input_per_mtok + item.output_tokens / 1e6 * price.output_per_mtok
             item.cost_usd = round(cost * factor, 4)
         if item.batch:
-            notes.append(f"{item.model}: Batch API price ({factor:g} x list)")
+            batched.setdefault(factor, []).append(item.model)
+    for factor, models in batched.items():
+        notes.append(f"Batch API price ({factor:g} x list): {', '.join(sorted(models))}")
     if name != (tokenizer or tokens.DEFAULT_TOKENIZER):
         notes.append(
             f"{tokenizer or tokens.DEFAULT_TOKENIZER} could not be loaded: approximated as 4 characters a token"

@@ -36,6 +36,9 @@ class LLMResult:
     attempts: int = 1
     error: str | None = None
     reason: str | None = None
+    replayed: bool = False
+    """an answer this process already handed over once (a Batch API answer taken again by a later
+    pass over the shard, ``infra.llm.batch``): its tokens are 0 here, as they were counted then"""
 
     @property
     def ok(self) -> bool:

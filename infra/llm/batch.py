@@ -38,7 +38,7 @@ import threading
 import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
@@ -170,6 +170,8 @@ class BatchBackend:
             backoff_base_s=endpoint.backoff_base_s,
             backoff_max_s=endpoint.backoff_max_s,
         )
+        self._served: dict[str, set[tuple[str | None, str]]] = defaultdict(set)
+        """registry path -> (batch id, key) of the answers handed over by this process"""
         self._files: OrderedDict[str, dict[str, tuple[int | None, dict[str, Any]]]] = OrderedDict()
         self._files_lock = threading.Lock()
 
@@ -280,6 +282,7 @@ class BatchSession:
             self._save()
         else:
             self.store.delete(self.path)
+            self.backend._served.pop(self.path, None)
 
     def rows(self) -> list[dict[str, Any]]:
         """The shard's batches for the flow's artifact: id, status, counts."""
@@ -399,6 +402,7 @@ class BatchSession:
                     )
                     break
             if result is not None:
+                result = self._mark(entry, result)
                 if budget is not None:
                     budget.settle(request.model, result, batch=True)
                 on_result(result)
@@ -415,6 +419,16 @@ class BatchSession:
         if to_send:
             self._submit(to_send)
             self.waiting_keys.update(r.key for r in to_send)
+
+    def _mark(self, entry: _Entry, result: LLMResult) -> LLMResult:
+        """An answer handed over before by this process (an earlier pass) comes again with no
+        tokens and ``replayed`` set: it is not counted (tokens, cost, the judge's parse breaker) twice."""
+        served = self.backend._served[self.path]
+        mark = (entry.id, result.key)
+        if mark not in served:
+            served.add(mark)
+            return result
+        return replace(result, input_tokens=0, output_tokens=0, replayed=True)
 
     def _outcome(self, entry: _Entry, key: str) -> tuple[int | None, dict[str, Any]]:
         """(status, body) of ``key``'s line in an ended batch; (None, error) when it was not answered."""

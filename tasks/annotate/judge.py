@@ -248,7 +248,8 @@ def _run_model(  # noqa: ANN001
                 return
             raw = result.text or ""
             parsed = parse(job, raw)
-            breaker.record(None if parsed.ok else f"parse_{parsed.reason}")
+            if not result.replayed:  # (a Batch API answer taken again by a later pass was counted then)
+                breaker.record(None if parsed.ok else f"parse_{parsed.reason}")
             if parsed.ok:
                 accept(job, raw, parsed, (result.input_tokens, result.output_tokens))
             elif last_round:

@@ -1,0 +1,139 @@
+"""Builds through the provider Batch API against the simulator: killed after its batches were
+submitted and started again, expired batches, failed lines and unparseable answers re-asked in a
+second batch; every release is the one the online build publishes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_build_simulator import SECRET, run_build, spec_data, write_sources, write_spec
+from tests.golden.golden import diff_releases, read_release
+from ultrafeedback.infra.simulator.config import SimulatorConfig
+from ultrafeedback.infra.simulator.server import Simulator
+
+pytestmark = pytest.mark.e2e
+
+SEED = 3
+
+
+def batch_spec(folder: Path, url: str, batch: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    write_sources(folder)
+    data = spec_data(folder, url)
+    data["endpoints"]["sim"]["batch_api"] = batch
+    data["execution"].update(batch_poll_s=0.2, worker_processes=0)
+    return write_spec(folder, data)
+
+
+@pytest.fixture(scope="module")
+def online_release(tmp_path_factory, prefect_harness) -> dict:
+    """The release of the same spec built online (no faults)."""
+    os.environ["UF_E2E_KEY"] = SECRET
+    with Simulator(SimulatorConfig(seed=SEED, api_key=SECRET)) as sim:
+        uri = run_build(batch_spec(tmp_path_factory.mktemp("online"), sim.url, batch=False))
+    return read_release(uri)
+
+
+def _start(spec: Path, folder: Path, n: int) -> subprocess.Popen[str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "ULTRAFEEDBACK_LEASE_TTL_S": "3"}
+    command = [sys.executable, "-m", "ultrafeedback.cli", "build", str(spec), "--wait", "--wait-timeout", "120"]
+    err = (folder / f"stderr-{n}.txt").open("w")
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+
+
+def _kill_when(process: subprocess.Popen[str], ready, timeout_s: float = 240) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert process.poll() is None, f"the build ended (exit {process.returncode}) before the kill point"
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the kill point was not reached in time")
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def test_a_batch_build_killed_after_submitting_resumes_its_batches_and_pays_each_key_once(
+    online_release, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("UF_E2E_KEY", SECRET)
+    config = SimulatorConfig(seed=SEED, api_key=SECRET, batch_delay_s=3.0)
+    with Simulator(config) as sim:
+        folder = tmp_path / "killed"
+        spec = batch_spec(folder, sim.url)
+        registry = folder / "store" / "e2e" / "batches"
+        # kill right after batches were submitted: the first generation batches (one per shard and model),
+        # then the first judge batch
+        kill_points = (
+            lambda: sim.batch_stats()["created"] >= 3,
+            lambda: any((registry / "annotations").glob("*.json")) and sim.batch_stats()["created"] > 3,
+        )
+        for n, ready in enumerate(kill_points):
+            process = _start(spec, folder, n)
+            _kill_when(process, ready)
+            assert list(registry.rglob("*.json")), "the batches were not in the store's registry"
+            stats = sim.batch_stats()
+            assert stats["by_status"].get("completed", 0) < stats["created"]  # killed while batches ran
+        process = _start(spec, folder, 2)
+        out, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, (folder / "stderr-2.txt").read_text()[-3000:]
+        stats = sim.batch_stats()
+    submitted = stats["submitted"]
+    assert len(submitted) == 36 + 36 + 36  # completions, aspect calls, critiques
+    assert set(submitted.values()) == {1}, [k for k, n in submitted.items() if n > 1]
+    assert stats["by_status"] == {"completed": stats["created"]}  # none failed, none was left behind
+    assert sim.stats()["by_endpoint"] == {"batch": 108}  # nothing went online
+    assert not diff_releases(online_release, read_release(out.strip().splitlines()[-1]))
+    assert not list(registry.rglob("*.json"))  # every shard's batches were collected
+
+
+FAULTS = {
+    "expired": {"batch_expire_first": 2, "batch_expire_fraction": 0.5},
+    "failed_lines": {"batch_line_error_rate": 0.25, "max_faults_per_body": 1},
+    "unparseable": {"rate_unparseable": 0.25, "max_faults_per_body": 1},
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_batch_build_with_faults_sends_only_the_unanswered_keys_again_and_publishes_the_online_release(
+    online_release, tmp_path, monkeypatch, fault
+):
+    monkeypatch.setenv("UF_E2E_KEY", SECRET)
+    config = SimulatorConfig(seed=SEED, api_key=SECRET, batch_delay_s=0.2, **FAULTS[fault])
+    with Simulator(config) as sim:
+        uri = run_build(batch_spec(tmp_path, sim.url))
+        stats, faults = sim.batch_stats(), sim.stats()["faults"]
+    assert not diff_releases(online_release, read_release(uri))
+    again = {key for key, count in stats["submitted"].items() if count > 1}
+    assert again, "no key went into a second batch"
+    if fault == "expired":
+        assert stats["by_status"]["expired"] == 2
+        # exactly the keys the expired batches did not answer (half of each) were sent again
+        assert len(again) == sum(stats["submitted"].values()) - len(stats["submitted"])
+    elif fault == "failed_lines":
+        assert len(again) == faults["batch_line_500"]
+    else:
+        assert len(again) == faults["unparseable"]
+        summary = json.loads((tmp_path / "store" / "e2e" / "runs" / "last.json").read_text())
+        assert summary["requests_sent"]["annotations"] == 72 + len(again)
+    assert max(stats["submitted"].values()) == 2
+    assert not list((tmp_path / "store" / "e2e" / "failures").rglob("*.parquet")) or _no_open_failures(tmp_path)
+
+
+def _no_open_failures(folder: Path) -> bool:
+    from ultrafeedback.infra.store import Store
+
+    store = Store(str(folder / "store"), "e2e")
+    return all(
+        store.log(f"failures/{name}").read().num_rows == 0 for name in ("completions", "annotations", "critiques")
+    )
