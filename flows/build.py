@@ -24,6 +24,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from ultrafeedback.infra.monitor import BuildMonitor, watching
 from ultrafeedback.infra.progress import stage_bar
 from ultrafeedback.infra.store import Store
 from ultrafeedback.outputs import OUTPUTS
@@ -170,17 +171,50 @@ def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]
         result = _with_failed_requests(run, gate.suite, result)
     summary.gates[gate.suite] = result.to_dict()
     run.store.write_json(f"gates/{gate.suite}.json", result.to_dict())
-    try:
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(
-            key=f"gate-{gate.suite}".replace("_", "-"),
-            table=result.table(),
-            description=f"Great Expectations gate `{gate.suite}`: {'passed' if result.passed else 'FAILED'}",
-        )
-    except Exception:  # noqa: BLE001 - artifacts are best effort outside a server
-        pass
+    _show_gate(run, gate, result)
     enforce(result)
+
+
+def _show_gate(run: Run, gate: Gate, result: Any) -> None:
+    """The gate in the Prefect UI: its checks as a table artifact and a link to its Great
+    Expectations Data Docs page, written to the store (``data_docs/``)."""
+    from ultrafeedback.infra import artifacts
+
+    dataset = run.spec.name
+    docs = _data_docs(run, gate, result)
+    description = f"Great Expectations gate `{gate.suite}` of `{dataset}`: {'passed' if result.passed else 'FAILED'}"
+    if docs is not None:
+        description += f"; Data Docs: {docs['page']}"
+        artifacts.link(
+            artifacts.artifact_key(dataset, "data-docs", gate.suite),
+            artifacts.browsable(docs["page"]),
+            f"Data Docs: the {gate.suite} gate of {dataset}",
+            f"{description}; every gate of this build: {docs['index']}",
+        )
+    artifacts.table(artifacts.artifact_key(dataset, "gate", gate.suite), result.table(), description)
+
+
+def _data_docs(run: Run, gate: Gate, result: Any) -> dict[str, str] | None:
+    """Write the gate's Data Docs page (in a worker process, where GX is loaded) and return its
+    store URIs (``page``, ``index``); None when that failed (Data Docs never stop a build)."""
+    import shutil
+    import tempfile
+    import weakref
+
+    from ultrafeedback.expectations.data_docs import write_data_docs
+    from ultrafeedback.expectations.gate import GateContext
+
+    workdir = run.facts.get("data_docs_workdir")
+    if workdir is None:  # the build's local Data Docs project, removed with the run
+        workdir = run.facts["data_docs_workdir"] = tempfile.mkdtemp(prefix="uf-data-docs-")
+        weakref.finalize(run, shutil.rmtree, workdir, True)
+    try:
+        facts = gate.facts(run) if gate.facts else {}
+        context = GateContext.from_spec(run.spec, scope=gate.scope, **facts)
+        return run.offload(write_data_docs, run.store, result, context, run.run_id, workdir)
+    except Exception as exc:  # noqa: BLE001
+        get_run_logger().warning("%s gate: no Data Docs: %s: %s", gate.suite, type(exc).__name__, exc)
+        return None
 
 
 def _with_failed_requests(run: Run, suite: str, result: Any) -> Any:
@@ -215,7 +249,8 @@ def shard_task(spec: Spec, stage: str, shard: int, run_id: str) -> Any:
     marks the shard failed while the flow goes on to the stage's gate."""
     run = Run.get(spec, run_id)
     current = run.stage(stage)
-    report: ShardReport = current.run_shard(run, shard)
+    with watching(run_id, stage, shard):  # start, live progress and end in the Prefect UI
+        report: ShardReport = current.run_shard(run, shard)
     gates = {}
     for gate in current.gates if not report.waiting else ():
         result = gate_unit(run, gate, shard)
@@ -241,9 +276,14 @@ def _report_of(future: Any) -> dict[str, Any]:
 def _pipeline_done(run: Run, group: list[Stage], shard: int) -> bool:
     """Every stage of the pipeline says, from key columns and fingerprints, it has nothing to do."""
     try:
-        return all(stage.done is not None and stage.done(run, shard) for stage in group)
+        done = all(stage.done is not None and stage.done(run, shard) for stage in group)
     finally:
         run.clear_cache()
+    if done:
+        from ultrafeedback.infra.monitor import skipped
+
+        skipped(run.run_id, [stage.name for stage in group], shard)
+    return done
 
 
 def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[str, dict[str, list[Any]]]:
@@ -393,10 +433,31 @@ def _counts(run: Run, summary: BuildSummary, stage: Stage) -> None:
 
 
 def _run_stages(run: Run, summary: BuildSummary) -> None:
+    with _monitor(run) as monitor:
+        _run_groups(run, summary, monitor)
+
+
+def _monitor(run: Run) -> BuildMonitor:
+    """Progress artifacts per stage, the live calls-and-cost table and the shard log lines."""
+    from prefect.context import FlowRunContext
+
+    from ultrafeedback.tasks.annotate.jobs import judge_model_id
+
+    context = FlowRunContext.get()
+    flow_run_id = context.flow_run.id if context is not None and context.flow_run is not None else None
+    prices = {model.id: model.price for model in run.spec.models}
+    prices[judge_model_id(run.spec)] = run.spec.judge.price
+    stages = [stage.name for stage in run.stages]
+    return BuildMonitor(run.spec.name, run.run_id, stages, prices, flow_run_id, get_run_logger())
+
+
+def _run_groups(run: Run, summary: BuildSummary, monitor: BuildMonitor) -> None:
     logger = get_run_logger()
     for group in _groups(run.stages):
         if group[0].sharded:
             logger.info("%s: %d shards", " + ".join(s.name for s in group), len(run.shards()))
+            for stage in group:
+                monitor.stage_started(stage.name, len(run.shards()))
             with stage_bars([s.name for s in group]):
                 from ultrafeedback.flows.batches import run_until_collected  # again while Batch API batches run
 
@@ -405,16 +466,23 @@ def _run_stages(run: Run, summary: BuildSummary) -> None:
                 _counts(run, summary, stage)
                 for gate in stage.gates:
                     _finish_gate(run, summary, gate, results[stage.name].get(gate.suite, []))
+                monitor.stage_finished(stage.name)
             continue
         (stage,) = group
         if stage.name == "publish":
             run.facts.update(gates=summary.gates, summary=summary.to_dict(run.spec))
+        monitor.stage_started(stage.name)
         with summary.stage(stage.name):
             report = stage.run_shard(run, 0)
             summary.add_reports([report.to_dict()])
             _counts(run, summary, stage)
             for gate in stage.gates:
                 _finish_gate(run, summary, gate, [gate_unit(run, gate, u) for u in gate.unit_names(run)])
+        monitor.stage_finished(stage.name)
+        if stage.name == "publish":  # a link to the release and its plots
+            from ultrafeedback.infra.artifacts import show_release
+
+            show_release(run.spec.name, run.facts["release"], run.spec.execution.storage_options)
 
 
 @contextmanager
@@ -456,7 +524,13 @@ def _report(
     try:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(key="build-summary", markdown=f"```\n{text}\n```", description=f"build of {spec.name}")
+        from ultrafeedback.infra.artifacts import artifact_key
+
+        create_markdown_artifact(
+            key=artifact_key(spec.name, "build-summary"),
+            markdown=f"```\n{text}\n```",
+            description=f"build of {spec.name}",
+        )
     except Exception:  # noqa: BLE001 - artifacts are best effort
         pass
 
@@ -467,6 +541,7 @@ def build(
     spec_path: str = "deployments/specs/demo.yaml",
     overrides: list[str] | None = None,
     spec_data: dict[str, Any] | None = None,
+    command: str = "build",
 ) -> str:
     """Build a preference dataset from a spec file (or an inline spec) and publish a release.
 
@@ -474,6 +549,8 @@ def build(
         spec_path: the spec YAML (relative to the working directory of the flow run).
         overrides: dotted-path overrides, e.g. ``["endpoints.openai.base_url=http://..."]``.
         spec_data: an inline spec mapping used instead of ``spec_path`` when given.
+        command: what started it (``build``, ``refresh``, ``retry-failed``): the run is named
+            ``{dataset}/{command}`` and tagged with the dataset and the spec hash.
     """
     if spec_data is not None:
         from ultrafeedback.spec import apply_override, parse_override
@@ -484,4 +561,7 @@ def build(
         spec = validate_dict(data, origin="spec_data")
     else:
         spec = load_spec(spec_path, overrides)
+    from ultrafeedback.infra.artifacts import label_flow_run
+
+    label_flow_run(spec.name, spec.spec_hash(), command)
     return run_build(spec)

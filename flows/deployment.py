@@ -33,4 +33,7 @@ def build(
             must be one the worker allows.
     """
     spec = DeploymentPolicy.from_env().resolve(spec_path, overrides, spec_data)
+    from ultrafeedback.infra.artifacts import label_flow_run
+
+    label_flow_run(spec.name, spec.spec_hash(), "build")  # the run is `{dataset}/build`, tagged
     return run_build(spec)

@@ -247,6 +247,13 @@ class ShardReport:
     failed: Counter[str] = field(default_factory=Counter)
     tokens: dict[str, list[int]] = field(default_factory=dict)
     """model -> [input tokens, output tokens]"""
+    calls: Counter[str] = field(default_factory=Counter)
+    """model -> answers received (one per ``add_tokens``; failed calls and replayed answers included)"""
+
+    def __post_init__(self) -> None:
+        from ultrafeedback.infra.monitor import report_created
+
+        report_created(self)  # in a watched shard task: its live progress in the Prefect UI
     seconds: float = 0.0
     skipped: bool = False
     """nothing to do: the shard's outputs were up to date"""
@@ -263,6 +270,8 @@ class ShardReport:
         self.batches += session.rows()
 
     def add_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        """One answer of ``model`` arrived (or failed for good) and used these tokens."""
+        self.calls[model] += 1
         pair = self.tokens.setdefault(model, [0, 0])
         pair[0] += tokens_in
         pair[1] += tokens_out
@@ -291,6 +300,7 @@ class ShardReport:
             "succeeded": self.succeeded,
             "failed": dict(self.failed),
             "tokens": self.tokens,
+            "calls": dict(self.calls),
             "seconds": round(self.seconds, 3),
             "skipped": self.skipped,
             "replayed": self.replayed,

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_build(spec_path: str, overrides: list[str], wait_s: float) -> int:
+def _run_build(spec_path: str, overrides: list[str], wait_s: float, command: str = "build") -> int:
     from ultrafeedback.spec import load_spec
 
     spec = load_spec(spec_path, overrides)  # fail fast, before Prefect starts
@@ -152,7 +152,7 @@ def _run_build(spec_path: str, overrides: list[str], wait_s: float) -> int:
     with dataset_lease(store, wait_s=wait_s, notify=lambda message: print(message, file=sys.stderr, flush=True)):
         from ultrafeedback.flows.build import build
 
-        uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides)
+        uri = build(spec_path=str(Path(spec_path).resolve()), overrides=overrides, command=command)
     sys.stderr.flush()
     print(uri, flush=True)
     return EXIT_OK
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides = [*args.overrides, "execution.reparse_failed=true"]
         spec_path = str(demo_spec()) if args.command == "demo" else args.spec
         wait_s = (float("inf") if args.wait_timeout is None else args.wait_timeout) if args.wait else 0.0
-        return _run_build(spec_path, args.overrides, wait_s)
+        command = "build" if args.command == "demo" else args.command  # the flow run's name: {dataset}/{command}
+        return _run_build(spec_path, args.overrides, wait_s, command)
     except SpecError as exc:
         for line in getattr(exc, "lines", None) or [str(exc)]:  # a contradiction per line, each standing alone
             print(f"error: {line}", file=sys.stderr)

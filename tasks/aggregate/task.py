@@ -19,33 +19,18 @@ AGGREGATE_JSON = "aggregate/aggregate.json"
 AGGREGATE_FINGERPRINT = "aggregate/inputs.json"
 
 
-def _artifacts(result: dict[str, Any]) -> None:
-    """Stage tables in the Prefect UI (best effort; only inside a run, where there is a UI to show
-    them: outside one, Prefect would start a temporary server just to store them)."""
-    from prefect.context import FlowRunContext, TaskRunContext
+def _artifacts(dataset: str, result: dict[str, Any]) -> None:
+    """Stage tables in the Prefect UI, keyed per dataset (best effort; only inside a run)."""
+    from ultrafeedback.infra import artifacts
 
-    if FlowRunContext.get() is None and TaskRunContext.get() is None:
-        return
-    try:
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(key="aggregate-statistics", table=[result["stats"]], description="Table 1 statistics row")
-        create_table_artifact(
-            key="aggregate-leaderboard", table=result["leaderboard"], description="Per-model leaderboard"
-        )
-        create_table_artifact(key="aggregate-sources", table=result["by_source"], description="Per source")
-        create_table_artifact(
-            key="aggregate-ratings",
-            table=result["rating_distribution"],
-            description="Rating distribution per aspect",
-        )
-        create_table_artifact(
-            key="aggregate-overall-score",
-            table=result["overall_histogram"],
-            description="overall_score histogram (floor of the score)",
-        )
-    except Exception:  # noqa: BLE001 - artifacts never fail a stage
-        pass
+    for name, rows, description in (
+        ("statistics", [result["stats"]], "Table 1 statistics row"),
+        ("leaderboard", result["leaderboard"], "Per-model leaderboard"),
+        ("sources", result["by_source"], "Per source"),
+        ("ratings", result["rating_distribution"], "Rating distribution per aspect"),
+        ("overall-score", result["overall_histogram"], "overall_score histogram (floor of the score)"),
+    ):
+        artifacts.table(artifacts.artifact_key(dataset, "aggregate", name), rows, f"{description} of `{dataset}`")
 
 
 def aggregate_scored(spec: Spec) -> dict[str, Any]:
@@ -67,7 +52,7 @@ def aggregate_scored(spec: Spec) -> dict[str, Any]:
         result.stats["pairs"],
         result.elapsed_s,
     )
-    _artifacts(data)
+    _artifacts(spec.name, data)
     return data
 
 

@@ -188,9 +188,11 @@ def render_card(
     aggregate: Mapping[str, Any] | None,
     card_info: Mapping[str, Any],
     uri_hint: str = "RELEASE_FOLDER",
+    plots: Sequence[tuple[str, str]] = (),
 ) -> str:
     """Render README.md. ``card_info`` must already be scrubbed (``scrub``); the result is scrubbed
-    once more as a last guard, because the card is public."""
+    once more as a last guard, because the card is public. ``plots``: (path relative to the
+    release folder, title) of the PNG files beside the card."""
     stats = dict((aggregate or {}).get("stats") or {})
     total = sum(int(j.get("completions", 0)) for j in judges)
     heuristic = sum(int(j.get("completions", 0)) for j in judges if j.get("judge_kind") == "heuristic")
@@ -285,6 +287,10 @@ def render_card(
             f"`{stats.get('pair_score', 'fine_grained')}` score (fine-grained: "
             f"{_cell(stats.get('pairs_fine_grained'))}, overall: {_cell(stats.get('pairs_overall'))}).\n"
         )
+
+    if plots:  # PNG files beside the card (``tasks.publish.plots``)
+        out.append("## Plots\n")
+        out.append("\n\n".join(f"![{title}]({path})" for path, title in plots) + "\n")
 
     tables = aggregate or {}
     if tables.get("leaderboard"):

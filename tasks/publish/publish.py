@@ -7,6 +7,7 @@ Layout of one release, a Hugging Face dataset repository as a folder::
     {root}/v{N}/pairs/train-00000-of-00001.parquet          every non-tied pair (Pair records)
     {root}/v{N}/binarized/train_prefs-00000-of-00001.parquet
     {root}/v{N}/binarized/test_prefs-00000-of-00001.parquet
+    {root}/v{N}/plots/*.png                                 ratings, overall score, leaderboard, sources
     {root}/v{N}/manifest.json                               written last: a release exists iff it has one
 
 ``{root}`` is ``{store}/{dataset}/releases`` by default, or any local folder / fsspec URL given as
@@ -57,6 +58,7 @@ from ultrafeedback.records import Pair
 from ultrafeedback.tasks.pairs.shards import TableCursor, file_sha256
 from ultrafeedback.tasks.publish.card import render_card, scrub
 from ultrafeedback.tasks.publish.features import binarized_features, completions_features, pairs_features
+from ultrafeedback.tasks.publish.plots import render_plots
 from ultrafeedback.tasks.publish.tables import as_frame, binarized_table, completions_table, conform, pairs_table
 
 if TYPE_CHECKING:
@@ -641,6 +643,11 @@ def publish_release(
             "binarized": binarized_features(),
         }
         configs, infos = _configs(counts, sizes, features)
+        plots = render_plots(aggregate)  # beside the card, which shows them; derived from hashed inputs
+        for plot in plots:
+            _put(root.fs, posixpath.join(dest, plot.path), plot.png, root.local)
+            digest = hashlib.sha256(plot.png).hexdigest()
+            file_info[plot.path] = {"bytes": len(plot.png), "sha256": digest, "title": plot.title}
         card = render_card(
             spec_name=spec_name,
             version=version,
@@ -652,6 +659,7 @@ def publish_release(
             aggregate=aggregate,
             card_info=card_inputs,
             uri_hint=root.uri(f"v{version}"),
+            plots=[(plot.path, plot.title) for plot in plots],
         ).encode("utf-8")
         _put(root.fs, posixpath.join(dest, CARD), card, root.local)
         file_info[CARD] = {"bytes": len(card), "sha256": hashlib.sha256(card).hexdigest()}

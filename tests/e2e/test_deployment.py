@@ -363,7 +363,7 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
     assert not (spec_dir / "spec-store").exists(), "the run wrote to the spec's store, not the overridden one"
     artifacts = server.post(
         "/artifacts/filter",
-        {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["build-summary"]}}},
+        {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "key": {"any_": ["deploy-e2e-build-summary"]}}},
     )
     assert artifacts, f"the flow run has no build-summary artifact; worker output:\n{log}"
     summary = artifacts[0]["data"]
