@@ -165,7 +165,7 @@ class BuildMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._table: UUID | None = None
-        self._table_sent: tuple[float, str] | None = None
+        self._table_sent: tuple[str, str] | None = None
         self._logged: dict[tuple[str, int], tuple[float, tuple[int, int, int]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -334,44 +334,32 @@ class BuildMonitor:
             self.logger.info(line)
         if client is None:
             return
-        from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
-
         for name, progress, description in stages:
             stage = self._stages[name]
-            if stage.sent == (progress, description):
-                continue
-            if stage.artifact is None:
-                stage.artifact = client.create_artifact(
-                    ArtifactCreate(
-                        key=artifact_key(self.dataset, "progress", name),
-                        type="progress",
-                        data=progress,
-                        description=description,
-                        flow_run_id=self.flow_run_id,
-                    )
-                ).id
-            else:
-                client.update_artifact(stage.artifact, ArtifactUpdate(data=progress, description=description))
-            stage.sent = (progress, description)
+            if stage.sent != (progress, description):
+                key = artifact_key(self.dataset, "progress", name)
+                stage.artifact = self._put(client, stage.artifact, key, "progress", progress, description)
+                stage.sent = (progress, description)
         if not (table_due or self._table is None):
             return
-        data = json.dumps(rows)
-        description = self._table_description(final)
-        if self._table_sent == (len(data), data + description):
-            return
-        if self._table is None:
-            self._table = client.create_artifact(
-                ArtifactCreate(
-                    key=artifact_key(self.dataset, "calls-and-cost"),
-                    type="table",
-                    data=data,
-                    description=description,
-                    flow_run_id=self.flow_run_id,
-                )
-            ).id
-        else:
-            client.update_artifact(self._table, ArtifactUpdate(data=data, description=description))
-        self._table_sent = (len(data), data + description)
+        data, description = json.dumps(rows), self._table_description(final)
+        if self._table_sent != (data, description):
+            key = artifact_key(self.dataset, "calls-and-cost")
+            self._table = self._put(client, self._table, key, "table", data, description)
+            self._table_sent = (data, description)
+
+    def _put(self, client: Any, artifact: UUID | None, key: str, kind: str, data: Any, description: str) -> UUID:
+        """Create the run's artifact ``key`` the first time, then update that one in place (the UI
+        shows one artifact that moves, and a long run does not pile up versions)."""
+        from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+
+        if artifact is None:
+            create = ArtifactCreate(
+                key=key, type=kind, data=data, description=description, flow_run_id=self.flow_run_id
+            )
+            return client.create_artifact(create).id
+        client.update_artifact(artifact, ArtifactUpdate(data=data, description=description))
+        return artifact
 
     def _table_description(self, final: bool) -> str:
         when = "final" if final else f"live, updated every {self.table_interval_s:g} s while the build runs"
