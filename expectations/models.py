@@ -19,6 +19,10 @@ from ultrafeedback.spec import Gates
 if TYPE_CHECKING:
     from ultrafeedback.spec import Spec
 
+NOTHING_PRODUCED = "stage produced nothing"
+"""A failed gate's check over an empty table saying which stage produced nothing and why
+(``tasks.empty_stage``); ``GateResult.summary`` is then that line alone."""
+
 STAGES: tuple[str, ...] = ("ingest", "assign", "generate", "annotate", "aggregate", "pairs", "binarized")
 """The stages that have a suite, in pipeline order."""
 
@@ -165,6 +169,9 @@ class GateResult(BaseModel):
                 f"gate {self.stage!r} passed: {len(self.checks)} checks on {self.row_count} rows "
                 f"in {self.duration_s:.2f} s"
             )
+        for check in self.failed:  # an empty table: which stage produced nothing and why says it all
+            if check.name == NOTHING_PRODUCED:
+                return f"gate {self.stage!r} failed: {check.detail}"
         parts = [f"{check.name}: {check.detail}" for check in self.failed]
         return f"gate {self.stage!r} failed: " + "; ".join(parts)
 

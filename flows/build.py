@@ -168,7 +168,9 @@ def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]
     checks = gate.summary(run) if gate.summary else []
     result = merge(gate.suite, suite_name(gate.suite), [r for r in results if r is not None], checks)
     if not result.passed:
-        result = _with_failed_requests(run, gate.suite, result)
+        from ultrafeedback.tasks.empty_stage import with_reason_if_empty
+
+        result = with_reason_if_empty(run, gate.suite, _with_failed_requests(run, gate.suite, result))
     summary.gates[gate.suite] = result.to_dict()
     run.store.write_json(f"gates/{gate.suite}.json", result.to_dict())
     _show_gate(run, gate, result)

@@ -26,6 +26,7 @@ def completions(n: int, empty: int, model: str = "m1") -> pd.DataFrame:
             "output_tokens": [1] * n,
             "latency_s": [0.1] * n,
             "backend": ["openai"] * n,
+            "prompt_template": ["server"] * n,
         }
     )
 
