@@ -10,12 +10,19 @@ works. A run that is killed, crashes or is cancelled meanwhile loses nothing: th
 the store's registry, and the next run (whenever it is started) picks them up.
 
 The batches (stage, shard, endpoint, id, status, counts) are a Prefect table artifact,
-``batches``, updated after every pass.
+``batches-{dataset}``, updated after every pass.
+
+Why not Prefect's ``suspend_flow_run``: in Prefect 3.9 it needs the flow run to come from a
+deployment, with persisted results, and someone (a person, an automation) to resume it; a CLI build
+has neither. Polling with the shard slots released works for both, and for a 24-hour batch the run
+can also be cancelled and started again later (a deployment run on a schedule, say): the batches are
+picked up from the registry.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -44,7 +51,7 @@ def run_until_collected(run: Any, group: list[Any], summary: Any) -> dict[str, d
             waiting.clear()
             results = _run_pipeline(run, group, summary)
             if batches:
-                publish_artifact(list(batches.values()), sum(waiting.values()))
+                publish_artifact(run.spec.name, list(batches.values()), sum(waiting.values()))
             if not waiting:
                 return results
             poll = run.spec.execution.batch_poll_s
@@ -55,13 +62,18 @@ def run_until_collected(run: Any, group: list[Any], summary: Any) -> dict[str, d
         summary.add_reports = add_reports
 
 
-def publish_artifact(rows: list[dict[str, Any]], waiting: int) -> None:
-    """The batches as the Prefect table artifact ``batches`` (best effort outside a server)."""
+def artifact_key(dataset: str) -> str:
+    """``batches-{dataset}`` in the characters an artifact key may have."""
+    return "batches-" + (re.sub(r"[^a-z0-9-]+", "-", dataset.lower()).strip("-") or "dataset")
+
+
+def publish_artifact(dataset: str, rows: list[dict[str, Any]], waiting: int) -> None:
+    """The batches as the Prefect table artifact ``batches-{dataset}`` (best effort outside a server)."""
     try:
         from prefect.artifacts import create_table_artifact
 
         create_table_artifact(
-            key="batches",
+            key=artifact_key(dataset),
             table=sorted(rows, key=lambda r: (r["stage"], r["shard"], r["batch"])),
             description=f"Batch API batches of this build: {len(rows)} batches, {waiting} calls still waiting",
         )

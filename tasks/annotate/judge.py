@@ -161,8 +161,10 @@ def annotate_shard(
             breaker = breaker or ParseBreaker(gates.max_parse_failure_rate, gates.parse_failure_window)
             from ultrafeedback.infra.llm.factory import judge_backend
 
-            session = session_for(judge_backend(spec), store, ANNOTATIONS, label)  # Batch API endpoints
-            _run_model(spec, jobs, parse, accept, reject, shard, report, journal, breaker, session, budget_for(store))
+            backend = judge_backend(spec)
+            session = session_for(backend, store, ANNOTATIONS, label)  # Batch API endpoints
+            budget = budget_for(store)
+            _run_model(spec, jobs, parse, accept, reject, shard, report, journal, breaker, session, budget, backend)
     if journal is not None:
         journal.discard()  # every answer is in a checkpointed part now
     report.issued -= report.replayed  # calls made by this run
@@ -223,11 +225,11 @@ def _model_request(spec: Spec, job: AspectJob | CritiqueJob) -> LLMRequest:
 
 def _run_model(  # noqa: ANN001
     spec: Spec, jobs, parse, accept, reject, shard: int, report: ShardReport, journal: Journal, breaker: ParseBreaker,
-    session: Any = None, budget: Any = None,
+    session: Any = None, budget: Any = None, backend: Any = None,
 ) -> None:
     from ultrafeedback.infra.llm.factory import judge_backend
 
-    backend = judge_backend(spec)
+    backend = backend or judge_backend(spec)
     replay = journal.replay()
     pending = {job.key: job for job in jobs}
     attempts: dict[str, int] = defaultdict(int)

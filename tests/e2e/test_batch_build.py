@@ -118,6 +118,10 @@ def test_a_batch_build_with_faults_sends_only_the_unanswered_keys_again_and_publ
     assert again, "no key went into a second batch"
     if fault == "expired":
         assert stats["by_status"]["expired"] == 2
+        rows = _batches_artifact()  # the batches, as the Prefect UI shows them
+        assert [r["status"] for r in rows].count("expired") == 2 and len(rows) == stats["created"]
+        assert all(r["batch"].startswith("batch_") and r["requests"] > 0 for r in rows)
+        assert sum(r["completed"] for r in rows) == len(stats["submitted"])  # each key answered once
         # exactly the keys the expired batches did not answer (half of each) were sent again
         assert len(again) == sum(stats["submitted"].values()) - len(stats["submitted"])
     elif fault == "failed_lines":
@@ -137,3 +141,16 @@ def _no_open_failures(folder: Path) -> bool:
     return all(
         store.log(f"failures/{name}").read().num_rows == 0 for name in ("completions", "annotations", "critiques")
     )
+
+
+def _batches_artifact() -> list[dict]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["batches-e2e"])), sort=ArtifactSort.CREATED_DESC
+        )
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
