@@ -121,24 +121,27 @@ async def upload_file(request: web.Request) -> web.Response:
     return web.json_response(meta)
 
 
-async def file_meta(request: web.Request) -> web.Response:
+def _lookup(request: web.Request, table: str, name: str) -> tuple[Any, Any, web.Response | None]:
+    """(state, the item ``match_info[name]`` names in ``state.batch.<table>``, None), or the refusal
+    (401, or 404 when there is no such item) as the third."""
     if (refused := _authorized(request)) is not None:
-        return refused
+        return None, None, refused
     state = _state(request)
     with state.lock:
-        meta = state.batch.files.get(request.match_info["file_id"])
-    return web.json_response(meta) if meta else _error(404, "no such file", "not_found")
+        item = getattr(state.batch, table).get(request.match_info[name])
+    if item is None:
+        return state, None, _error(404, f"no such {name.removesuffix('_id')}", "not_found")
+    return state, item, None
+
+
+async def file_meta(request: web.Request) -> web.Response:
+    _, meta, refused = _lookup(request, "files", "file_id")
+    return refused or web.json_response(meta)
 
 
 async def file_content(request: web.Request) -> web.Response:
-    if (refused := _authorized(request)) is not None:
-        return refused
-    state = _state(request)
-    with state.lock:
-        data = state.batch.contents.get(request.match_info["file_id"])
-    if data is None:
-        return _error(404, "no such file", "not_found")
-    return web.Response(body=data, content_type="application/octet-stream")
+    _, data, refused = _lookup(request, "contents", "file_id")
+    return refused or web.Response(body=data, content_type="application/octet-stream")
 
 
 def _validate_lines(state: Any, data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], str | None]:
@@ -233,7 +236,7 @@ def _public(batch: dict[str, Any]) -> dict[str, Any]:
 
 def _line_outcome(state: Any, line: dict[str, Any], chat: bool) -> tuple[int, dict[str, Any]]:
     """(status, body) the online endpoint would give this line (no latency, no transport faults)."""
-    from ultrafeedback.infra.simulator.server import _FORCED, _fault_rng, _usage, _user_text
+    from ultrafeedback.infra.simulator.server import _FORCED, _fault_rng, _user_text, reply_payload
 
     config = state.config
     body = line["body"]
@@ -261,31 +264,7 @@ def _line_outcome(state: Any, line: dict[str, Any], chat: bool) -> tuple[int, di
             state.faults["batch_line_500"] += 1
         return 500, {"error": {"message": "internal server error (simulated)", "type": "server_error"}}
     unparseable = faults_allowed and kind != "generation" and rng.random() < config.rate_unparseable
-    finish = "stop"
-    if kind == "judge_aspect":
-        assert aspect is not None
-        text = content.judge_reply(aspect, content.judge_texts(user), config.seed, model)
-        if unparseable:
-            text = content.break_judge_reply(text, rng)
-    elif kind == "critique":
-        text = content.critique_reply(user, config.seed, model)
-        if unparseable:
-            text = content.break_critique_reply(text, rng)
-    else:
-        text, finish = content.generation_reply(user, system, config.seed, model, body.get("max_tokens"))
-    if unparseable:
-        with state.lock:
-            state.faults["unparseable"] += 1
-    usage = _usage(state, body, text)
-    ident = digest[:12].hex()
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        payload = {"id": f"chatcmpl-{ident}", "object": "chat.completion", "model": model}
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        payload = {"id": f"cmpl-{ident}", "object": "text_completion", "model": model}
-    payload.update(created=int(time.time()), choices=[choice], usage=usage)
-    return 200, payload
+    return 200, reply_payload(state, body, (kind, aspect, user, system), digest, rng, unparseable, chat)
 
 
 def _finish(state: Any, batch: dict[str, Any]) -> None:
@@ -337,13 +316,9 @@ def _advance(state: Any, batch: dict[str, Any]) -> None:
 
 
 async def get_batch(request: web.Request) -> web.Response:
-    if (refused := _authorized(request)) is not None:
+    state, batch, refused = _lookup(request, "batches", "batch_id")
+    if refused is not None:
         return refused
-    state = _state(request)
-    with state.lock:
-        batch = state.batch.batches.get(request.match_info["batch_id"])
-    if batch is None:
-        return _error(404, "no such batch", "not_found")
     _advance(state, batch)
     return web.json_response(_public(batch))
 

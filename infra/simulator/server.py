@@ -191,9 +191,7 @@ async def _completion(request: web.Request, chat: bool) -> web.Response:
                 entry[1], entry[2] = time.time(), status
 
 
-async def _answer(
-    request: web.Request, state: _State, config: SimulatorConfig, raw: bytes, chat: bool
-) -> web.Response:
+async def _answer(request: web.Request, state: _State, config: SimulatorConfig, raw: bytes, chat: bool) -> web.Response:
     try:
         body = json.loads(raw)
     except ValueError:
@@ -249,9 +247,7 @@ async def _answer(
             state.faults[fault] += 1
     if fault == "429":
         retry_after = f"{config.retry_after_s:g}"
-        return _error(
-            429, "rate limit exceeded (simulated)", "rate_limit_error", {"Retry-After": retry_after}
-        )
+        return _error(429, "rate limit exceeded (simulated)", "rate_limit_error", {"Retry-After": retry_after})
 
     delay_ms = config.latency_ms
     if config.jitter_ms:
@@ -269,7 +265,24 @@ async def _answer(
             content_type="application/json",
         )
 
-    seed = config.seed
+    payload = reply_payload(state, body, (kind, aspect, user, system), digest, rng, unparseable, chat)
+    return web.Response(body=json.dumps(payload).encode(), content_type="application/json")
+
+
+def reply_payload(
+    state: _State,
+    body: dict[str, Any],
+    request: tuple[str, str | None, str, str],
+    digest: bytes,
+    rng: random.Random,
+    unparseable: bool,
+    chat: bool,
+) -> dict[str, Any]:
+    """The 200 body answering ``body`` (``request``: its kind, aspect, user and system text): the
+    deterministic content, broken when ``unparseable``, with its usage counted. The online
+    endpoints and the Batch API's lines answer with it."""
+    kind, aspect, user, system = request
+    seed, model = state.config.seed, str(body["model"])
     finish = "stop"
     if kind == "judge_aspect":
         assert aspect is not None
@@ -288,26 +301,13 @@ async def _answer(
     usage = _usage(state, body, text)
     ident = digest[:12].hex()
     if chat:
-        payload = {
-            "id": f"chatcmpl-{ident}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-            ],
-            "usage": usage,
-        }
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+        payload = {"id": f"chatcmpl-{ident}", "object": "chat.completion", "model": model}
     else:
-        payload = {
-            "id": f"cmpl-{ident}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
-            "usage": usage,
-        }
-    return web.Response(body=json.dumps(payload).encode(), content_type="application/json")
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        payload = {"id": f"cmpl-{ident}", "object": "text_completion", "model": model}
+    payload.update(created=int(time.time()), choices=[choice], usage=usage)
+    return payload
 
 
 async def _chat(request: web.Request) -> web.Response:
@@ -391,9 +391,7 @@ class Simulator:
 
     def __init__(self, config: SimulatorConfig | None = None, **overrides: Any) -> None:
         base = config or SimulatorConfig()
-        self.config = (
-            SimulatorConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
-        )
+        self.config = SimulatorConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -528,9 +526,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the OpenAI-compatible simulator (deterministic answers, latency, faults).",
     )
     parser.add_argument("--host", default=defaults.host, help="address to bind (default %(default)s)")
-    parser.add_argument(
-        "--port", type=int, default=8000, help="port; 0 picks a free one (default %(default)s)"
-    )
+    parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default %(default)s)")
     parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms)
     parser.add_argument("--jitter-ms", type=float, default=defaults.jitter_ms)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -544,9 +540,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="answer a repeated body cleanly after this many faults",
     )
-    parser.add_argument(
-        "--api-key", default=None, help="require this bearer key (a test key, never a real one)"
-    )
+    parser.add_argument("--api-key", default=None, help="require this bearer key (a test key, never a real one)")
     parser.add_argument(
         "--usage-tokenizer",
         default=defaults.usage_tokenizer,

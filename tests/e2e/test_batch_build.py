@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_build_simulator import SECRET, run_build, spec_data, write_sources, write_spec
+from tests.e2e.test_kill_resume import _kill_when, _start
 from tests.golden.golden import diff_releases, read_release
 from ultrafeedback.infra.simulator.config import SimulatorConfig
 from ultrafeedback.infra.simulator.server import Simulator
@@ -40,27 +37,6 @@ def online_release(tmp_path_factory, prefect_harness) -> dict:
     with Simulator(SimulatorConfig(seed=SEED, api_key=SECRET)) as sim:
         uri = run_build(batch_spec(tmp_path_factory.mktemp("online"), sim.url, batch=False))
     return read_release(uri)
-
-
-def _start(spec: Path, folder: Path, n: int) -> subprocess.Popen[str]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "ULTRAFEEDBACK_LEASE_TTL_S": "3"}
-    command = [sys.executable, "-m", "ultrafeedback.cli", "build", str(spec), "--wait", "--wait-timeout", "120"]
-    err = (folder / f"stderr-{n}.txt").open("w")
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-
-
-def _kill_when(process: subprocess.Popen[str], ready, timeout_s: float = 240) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        assert process.poll() is None, f"the build ended (exit {process.returncode}) before the kill point"
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("the kill point was not reached in time")
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
 
 
 def test_a_batch_build_killed_after_submitting_resumes_its_batches_and_pays_each_key_once(
