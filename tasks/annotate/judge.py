@@ -244,7 +244,8 @@ def _run_model(  # noqa: ANN001
         ) -> None:
             job = pending[result.key]
             attempts[job.key] += result.attempts
-            report.add_tokens(judge_model_id(spec), result.input_tokens, result.output_tokens)
+            if not result.replayed:  # (counted when this process first took it from its batch)
+                report.add_tokens(judge_model_id(spec), result.input_tokens, result.output_tokens)
             if not result.ok:
                 reject(job, failure_from(ANNOTATIONS if isinstance(job, AspectJob) else CRITIQUES, shard, result))
                 return
