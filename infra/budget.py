@@ -125,7 +125,7 @@ class CostBudget:
 
     def settle(self, model: str, result: LLMResult, batch: bool = False) -> None:
         """An answer (or failure) arrived: its booking leaves the in-flight sum, its cost is spent."""
-        cost = self._rate(model).cost(result.input_tokens, result.output_tokens, batch)
+        cost = 0.0 if result.replayed else self._rate(model).cost(result.input_tokens, result.output_tokens, batch)
         with self._lock:
             booked = self._booked.get((model, result.key))
             if booked:

@@ -38,7 +38,7 @@ class LLMResult:
     reason: str | None = None
     replayed: bool = False
     """an answer this process already handed over once (a Batch API answer taken again by a later
-    pass over the shard, ``infra.llm.batch``): its tokens are 0 here, as they were counted then"""
+    pass over the shard, ``infra.llm.batch``): its tokens were counted then, not again"""
 
     @property
     def ok(self) -> bool:

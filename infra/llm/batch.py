@@ -211,7 +211,7 @@ class BatchBackend:
                 out[line["custom_id"]] = (None, line.get("error") or {})
         with self._files_lock:
             self._files[file_id] = out
-            while len(self._files) > 8:
+            while len(self._files) > 4:
                 self._files.popitem(last=False)
         return out
 
@@ -421,14 +421,14 @@ class BatchSession:
             self.waiting_keys.update(r.key for r in to_send)
 
     def _mark(self, entry: _Entry, result: LLMResult) -> LLMResult:
-        """An answer handed over before by this process (an earlier pass) comes again with no
-        tokens and ``replayed`` set: it is not counted (tokens, cost, the judge's parse breaker) twice."""
+        """An answer handed over before by this process (an earlier pass) comes again with
+        ``replayed`` set: it is not counted (tokens, cost, the judge's parse breaker) twice."""
         served = self.backend._served[self.path]
         mark = (entry.id, result.key)
         if mark not in served:
             served.add(mark)
             return result
-        return replace(result, input_tokens=0, output_tokens=0, replayed=True)
+        return replace(result, replayed=True)
 
     def _outcome(self, entry: _Entry, key: str) -> tuple[int | None, dict[str, Any]]:
         """(status, body) of ``key``'s line in an ended batch; (None, error) when it was not answered."""

@@ -145,3 +145,19 @@ def test_each_pass_takes_a_keys_batches_in_order_as_re_asks_do(setup):
     assert len(seen) == 1 and seen[0].text == first.text
     session.run(call, seen.append)
     assert len(seen) == 1 and session.waiting_keys == {"k000"} and sim.batch_stats()["created"] == 3
+
+
+def test_an_answer_taken_again_by_a_later_pass_is_marked_replayed_and_keeps_its_tokens(setup):
+    sim, backend, store = setup(batch_delay_s=0.1)
+    first, second = requests(2)
+    BatchSession(backend, store, "completions", "s00000").run([first], lambda r: None)
+    time.sleep(0.3)
+    seen: list[LLMResult] = []
+    session = BatchSession(backend, store, "completions", "s00000")
+    session.run([first, second], seen.append)  # first answered; second goes into a new batch
+    session.close()
+    time.sleep(0.3)
+    session = BatchSession(backend, store, "completions", "s00000")
+    session.run([first, second], seen.append)  # first again (a re-ask round would ask it again)
+    assert [(r.key, r.replayed) for r in seen] == [("k000", False), ("k000", True), ("k001", False)]
+    assert seen[1].output_tokens == seen[0].output_tokens > 0
