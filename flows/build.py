@@ -48,6 +48,8 @@ class BuildSummary:
         self.issued: Counter[str] = Counter()
         self.replayed: Counter[str] = Counter()
         self.gates: dict[str, Any] = {}
+        self.notes: list[str] = []
+        """What a user must know about this run's data (a quota cut that removed released rows)."""
 
     @contextmanager
     def stage(self, name: str):  # noqa: ANN201
@@ -99,6 +101,7 @@ class BuildSummary:
             "tokens": self.tokens,
             "estimated_cost_usd": self.cost(spec),
             "seconds": self.seconds,
+            "notes": list(self.notes),
         }
 
     def render(self, spec: Spec) -> str:
@@ -114,6 +117,7 @@ class BuildSummary:
             )
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
         lines.append(f"failures:  {failures}")
+        lines += [f"note:      {note}" for note in self.notes]
         cost = self.cost(spec)
         for model, (tokens_in, tokens_out) in sorted(self.tokens.items()):
             lines.append(f"tokens:    {model}: {tokens_in} in / {tokens_out} out, est. ${cost.get(model, 0):.4f}")
@@ -420,6 +424,9 @@ def _counts(run: Run, summary: BuildSummary, stage: Stage) -> None:
 
     if stage.name == "ingest":
         counts.update(instructions=facts["instructions"], quarantined=facts["quarantined"], dropped=facts["dropped"])
+        for reason, count in facts.get("released_removed", {}).items():
+            counts[f"released_removed:{reason}"] = count
+        summary.notes += facts.get("quota_notes", [])
     elif stage.name == "assign":
         counts.update(shards=len(run.shards()), requests=rows("requests"))
     elif stage.name == "generate":

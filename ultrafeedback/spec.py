@@ -257,6 +257,11 @@ class Binarize(_Strict):
     )
     seed: int = 42
     exclude_sources: list[str] = Field(default_factory=list)
+    decontaminate_sources: list[str] = Field(
+        default_factory=list,
+        description="sources (by name) whose questions, every record read, are dropped by exact match of the "
+        "normalised text from the other sources' binarized rows (H4 drops TruthfulQA's)",
+    )
 
 
 class Gates(_Strict):
@@ -331,6 +336,11 @@ class Spec(_Strict):
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
     models: list[ModelEntry] = Field(min_length=1)
     completions_per_instruction: int = Field(default=4, ge=1)
+    completion_order: Literal["slot", "model"] = Field(
+        default="slot",
+        description="order of a record's completions (and of the pair and binarize candidates): the assigned "
+        "slot, or the model id as the released openbmb/UltraFeedback rows have it",
+    )
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=1.0, top_p=1.0, max_tokens=1024))
     principles: dict[str, list[str]] | None = Field(
         default=None, description="principle -> system prompts; default: the packaged set"
@@ -371,6 +381,14 @@ class Spec(_Strict):
                         raise ValueError(
                             f"sources.{source.name}.principles: {principle!r} has no prompts in `principles`"
                         )
+        return self
+
+    @model_validator(mode="after")
+    def _check_binarize_sources(self) -> Spec:
+        names = {s.name for s in self.sources}
+        unknown = [n for n in self.binarize.decontaminate_sources if n not in names]
+        if unknown:
+            raise ValueError(f"binarize.decontaminate_sources: {unknown} are not sources of this spec")
         return self
 
     def model_entry(self, model_id: str) -> ModelEntry:

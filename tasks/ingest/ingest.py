@@ -31,6 +31,22 @@ Steps, per source in spec order, then across sources:
    it has enough unique instructions, and an instruction cut by one source's quota does not shadow
    its copy in a later source.
 
+**Released instructions stay** (``released``: the instructions of the dataset's latest release).
+Steps 6 and 7 visit every released instruction first (all sources, in spec order, each source by
+rank), then the new ones. So a released instruction keeps its place: a new record cannot take its
+quota, and a new near duplicate of it is the one dropped; new instructions fill the quota that is
+free. Only a smaller quota removes released instructions (the lowest-ranked are kept; the others
+are dropped with reason ``quota_reduced`` and listed in ``released_removed`` and ``notes``), as
+does a released text that left its source file, or a dedup or decontamination setting that now
+drops it (listed with that reason). Without a release the result is the plain hash sample above.
+When ``released`` is a subset of what a run without it keeps, the result is the same as without
+it, so a rerun after publishing computes nothing new.
+
+With ``binarize.decontaminate_sources``, the normalised text of every valid record of those sources
+(before decontamination, dedup and quota) is returned in ``benchmark``: the pairs stage drops the
+other sources' instructions that equal one of them from the binarized set (H4 drops the exact
+matches of TruthfulQA's questions); they stay in the instruction pool, as in the original data.
+
 Duplicates, contamination and quota cuts are *drops*, not quarantine: they are listed in
 ``IngestResult.dropped`` with their reasons, but they do not fail the gate.
 """
@@ -55,6 +71,7 @@ from ultrafeedback.tasks.ingest.loaders import (
     parse_csv_list,
     resolve_files,
 )
+from ultrafeedback.tasks.publish.history import ReleasedInstructions
 
 QUARANTINE_REASONS: tuple[str, ...] = (
     "malformed_record",
@@ -80,14 +97,21 @@ class IngestResult:
     """The stage's output: kept instructions, quarantined records, dropped records and counts.
 
     ``stats`` maps each source name to ``read``, ``quarantined`` (reason -> count),
-    ``exact_duplicates``, ``near_duplicates``, ``decontaminated``, ``over_quota``, ``kept`` and
-    ``quota``; ``read`` equals the sum of all the others but ``quota``.
+    ``exact_duplicates``, ``near_duplicates``, ``decontaminated``, ``over_quota``,
+    ``quota_reduced``, ``kept`` and ``quota``; ``read`` equals the sum of all the others but
+    ``quota``.
     """
 
     instructions: list[Instruction]
     quarantined: list[Quarantined]
     dropped: list[Quarantined]
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    released_removed: list[dict[str, str]] = field(default_factory=list)
+    """Each released instruction not kept: id, source, reason, detail."""
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    """Each source whose quota removed released instructions: source, quota, released, removed, text."""
+    benchmark: dict[str, list[str]] = field(default_factory=dict)
+    """source -> its normalised questions, for the ``binarize.decontaminate_sources`` sources."""
 
     def totals(self) -> dict[str, int]:
         """The per-source counts summed over sources (quarantine as one number)."""
@@ -217,16 +241,20 @@ def _new_stats(source: Source) -> dict[str, Any]:
         "near_duplicates": 0,
         "decontaminated": 0,
         "over_quota": 0,
+        "quota_reduced": 0,
         "kept": 0,
         "quota": source.quota,
     }
 
 
-def ingest(spec: Spec, *, hf_cache_dir: str | None = None) -> IngestResult:
+def ingest(
+    spec: Spec, *, hf_cache_dir: str | None = None, released: ReleasedInstructions | None = None
+) -> IngestResult:
     """Read, validate, decontaminate, deduplicate and sample every source of ``spec``.
 
-    Deterministic: the same inputs, spec and seed give the same instructions (sorted by
-    ``(source, id)``), the same drops and the same stats, whatever the row order inside a file.
+    Deterministic: the same inputs, spec, seed and ``released`` give the same instructions (sorted
+    by ``(source, id)``), the same drops and the same stats, whatever the row order inside a file.
+    ``released`` (the latest release's instructions) are kept first (see the module docstring).
     Raises :class:`tasks.ingest.loaders.IngestError` before reading anything when a source path or
     a benchmark file is missing, naming the spec key and the resolved path.
     """
@@ -234,13 +262,19 @@ def ingest(spec: Spec, *, hf_cache_dir: str | None = None) -> IngestResult:
         if source.loader != "hf":
             resolve_files(spec, source)
     questions = load_benchmark_questions(spec)
+    released = released or ReleasedInstructions()
+    released_ids = released.all_ids()
+    benchmark_sources = set(spec.binarize.decontaminate_sources)
+    benchmark: dict[str, list[str]] = {name: [] for name in spec.binarize.decontaminate_sources}
 
     quarantined: list[Quarantined] = []
     dropped: list[Quarantined] = []
     stats: dict[str, dict[str, Any]] = {}
     blocks: list[tuple[Source, list[_Candidate]]] = []
+    why: dict[str, tuple[str, str]] = {}  # candidate id -> (reason, detail) of its drop
 
     def drop(candidate: _Candidate, reason: str, detail: str) -> None:
+        why[candidate.id] = (reason, detail)  # the last drop of an id is the one that removed it
         dropped.append(
             Quarantined(
                 source=candidate.source,
@@ -271,6 +305,8 @@ def ingest(spec: Spec, *, hf_cache_dir: str | None = None) -> IngestResult:
                     )
                 )
                 continue
+            if source.name in benchmark_sources:
+                benchmark[source.name].append(candidate.text)
             hit = questions.get(candidate.text)
             if hit is not None:
                 counts["decontaminated"] += 1
@@ -286,62 +322,104 @@ def ingest(spec: Spec, *, hf_cache_dir: str | None = None) -> IngestResult:
         counts["quarantined"] = {reason: reasons[reason] for reason in QUARANTINE_REASONS if reasons[reason]}
         blocks.append((source, sorted(first.values(), key=lambda c: (c.rank, c.id))))
 
-    ordered = [candidate for _, block in blocks for candidate in block]
+    # released instructions first (every source), then the new ones: see "Released instructions stay"
+    visits = [(source, c) for source, block in blocks for c in block if c.id in released_ids]
+    visits += [(source, c) for source, block in blocks for c in block if c.id not in released_ids]
+    ordered = [candidate for _, candidate in visits]
     texts = [c.text for c in ordered]
     near = NearIndex(texts, spec.execution.dask_address) if spec.ingest.dedup == "near" else None
     kept_text: dict[str, _Candidate] = {}
     instructions: list[Instruction] = []
-    position = 0
-    for source, block in blocks:
+    for index, (source, candidate) in enumerate(visits):
         counts = stats[source.name]
-        for candidate in block:
-            index, position = position, position + 1
-            previous = kept_text.get(candidate.text) if spec.ingest.dedup != "none" else None
-            if previous is not None:
-                counts["exact_duplicates"] += 1
-                drop(
-                    candidate,
-                    f"duplicate_of:{previous.id}",
-                    f"same normalised text as {previous.origin} (source {previous.source})",
-                )
-                continue
-            similar = near.find(index) if near is not None else None
-            if similar is not None:
-                other, score = ordered[similar[0]], similar[1]
-                how = (
-                    "equal up to case, punctuation and spacing"
-                    if near.keys[index] == near.keys[similar[0]]
-                    else f"character 5-gram Jaccard {score:.3f} >= {THRESHOLD}"
-                )
-                counts["near_duplicates"] += 1
-                drop(
-                    candidate,
-                    f"near_duplicate_of:{other.id}",
-                    f"{how} with {other.origin} (source {other.source})",
-                )
-                continue
-            if source.quota is not None and counts["kept"] >= source.quota:
-                counts["over_quota"] += 1
-                drop(
-                    candidate,
-                    "over_quota",
-                    f"quota {source.quota} reached; sampled by hash of (seed {spec.seed}, id)",
-                )
-                continue
-            counts["kept"] += 1
-            kept_text.setdefault(candidate.text, candidate)
-            if near is not None:
-                near.add(index)
-            instructions.append(
-                Instruction(
-                    id=candidate.id,
-                    source=candidate.source,
-                    instruction=candidate.text,
-                    correct_answers=candidate.correct,
-                    incorrect_answers=candidate.incorrect,
-                    origin=candidate.origin,
-                )
+        previous = kept_text.get(candidate.text) if spec.ingest.dedup != "none" else None
+        if previous is not None:
+            counts["exact_duplicates"] += 1
+            drop(
+                candidate,
+                f"duplicate_of:{previous.id}",
+                f"same normalised text as {previous.origin} (source {previous.source})",
             )
+            continue
+        similar = near.find(index) if near is not None else None
+        if similar is not None:
+            other, score = ordered[similar[0]], similar[1]
+            how = (
+                "equal up to case, punctuation and spacing"
+                if near.keys[index] == near.keys[similar[0]]
+                else f"character 5-gram Jaccard {score:.3f} >= {THRESHOLD}"
+            )
+            counts["near_duplicates"] += 1
+            drop(
+                candidate,
+                f"near_duplicate_of:{other.id}",
+                f"{how} with {other.origin} (source {other.source})",
+            )
+            continue
+        if source.quota is not None and counts["kept"] >= source.quota:
+            if candidate.id in released_ids:
+                counts["quota_reduced"] += 1
+                drop(
+                    candidate,
+                    "quota_reduced",
+                    f"released in v{released.version}, but the quota of {source.name!r} is now "
+                    f"{source.quota}: the released instructions ranked first by hash of (seed "
+                    f"{spec.seed}, id) are kept",
+                )
+                continue
+            counts["over_quota"] += 1
+            drop(
+                candidate,
+                "over_quota",
+                f"quota {source.quota} reached; sampled by hash of (seed {spec.seed}, id)",
+            )
+            continue
+        counts["kept"] += 1
+        kept_text.setdefault(candidate.text, candidate)
+        if near is not None:
+            near.add(index)
+        instructions.append(
+            Instruction(
+                id=candidate.id,
+                source=candidate.source,
+                instruction=candidate.text,
+                correct_answers=candidate.correct,
+                incorrect_answers=candidate.incorrect,
+                origin=candidate.origin,
+            )
+        )
 
     instructions.sort(key=lambda item: (item.source, item.id))
-    return IngestResult(instructions=instructions, quarantined=quarantined, dropped=dropped, stats=stats)
+    kept_ids = {item.id for item in instructions}
+    removed = []
+    for source_name, ids in sorted(released.ids.items()):
+        for ident in sorted(ids - kept_ids):
+            reason, detail = why.get(
+                ident,
+                ("missing_from_source", f"no valid record of source {source_name!r} has this instruction's text now"),
+            )
+            removed.append({"id": ident, "source": source_name, "reason": reason, "detail": detail})
+    notes = []
+    for source in spec.sources:
+        cut = stats[source.name]["quota_reduced"]
+        if cut:
+            had = len(released.ids.get(source.name, ()))
+            notes.append(
+                {
+                    "source": source.name,
+                    "quota": source.quota,
+                    "released": had,
+                    "removed": cut,
+                    "text": f"source `{source.name}`: {cut} of the {had} instructions released in "
+                    f"v{released.version} were removed because its quota is now {source.quota} (reason quota_reduced)",
+                }
+            )
+    return IngestResult(
+        instructions=instructions,
+        quarantined=quarantined,
+        dropped=dropped,
+        stats=stats,
+        released_removed=removed,
+        notes=notes,
+        benchmark=benchmark,
+    )

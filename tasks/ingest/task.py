@@ -46,6 +46,12 @@ def write_instruction_shards(run: Run, instructions: list[Instruction]) -> list[
 
 INGEST_FACTS = "ingest/facts.json"
 """What the last ingest found (counts, quarantine examples) and the fingerprint of its inputs."""
+RELEASED_REMOVED = "ingest/released_removed.json"
+"""The latest release's instructions the last ingest did not keep, with reasons, and a note per
+source whose smaller quota removed some (read by ``tasks.publish.task`` for the changelog)."""
+BENCHMARK_JSON = "ingest/benchmark_questions.json"
+"""source -> normalised questions of each ``binarize.decontaminate_sources`` source (read by the pairs
+stage)."""
 
 
 def inputs_fingerprint(spec: Spec) -> str | None:
@@ -67,6 +73,7 @@ def inputs_fingerprint(spec: Spec) -> str | None:
     return fingerprint(
         "ingest",
         spec.model_dump(mode="json", include={"seed", "sources", "ingest"}),
+        sorted(spec.binarize.decontaminate_sources),
         spec.execution.shard_size,
         digests,
         [hashlib.sha256((code / name).read_bytes()).hexdigest() for name in ("ingest.py", "dedup.py", "loaders.py")],
@@ -81,36 +88,76 @@ def _sha256(fs: Any, path: str) -> str:
     return digest.hexdigest()
 
 
+def _unchanged(run: Run, kept: dict[str, Any] | None, digest: str | None, released: Any) -> bool:
+    """Whether the stored instructions are what ingest would make now: the same inputs, and the
+    latest release's instructions (kept first) change nothing. That holds when the release the
+    stored ingest preferred is part of the latest one and the latest is part of what is stored
+    (``tasks.ingest.ingest``: preferring a subset of the plain result changes nothing; the usual
+    case, a release published from the stored instructions, passes)."""
+    from ultrafeedback.tasks.publish.history import released_instructions
+
+    if digest is None or not kept or kept.get("fingerprint") != digest or run.shards() != kept["facts"]["shards"]:
+        return False
+    now = released.all_ids()
+    if not now <= set(run.column("instructions", "id")):
+        return False
+    used = (kept.get("released") or {}).get("content_hash")
+    if used is None or used == released.content_hash:  # no release preferred then, or the same one
+        return True
+    before = released_instructions(run.store, used)
+    return before is not None and before.all_ids() <= now
+
+
 def run_ingest(run: Run, shard: int) -> ShardReport:
-    """Load, normalise, quarantine, deduplicate and sample every source; write the shards. When
-    the inputs are the ones the stored instructions were made from, nothing is read again."""
+    """Load, normalise, quarantine, deduplicate and sample every source (keeping the latest
+    release's instructions first); write the shards. When the inputs are the ones the stored
+    instructions were made from and the latest release changes nothing, nothing is read again."""
     from ultrafeedback.tasks.ingest.ingest import ingest
+    from ultrafeedback.tasks.publish.history import released_instructions
 
     report = ShardReport(stage="ingest", shard=shard)
     store = run.store
     digest = inputs_fingerprint(run.spec)
     kept = store.read_json(INGEST_FACTS)
-    if digest is not None and kept and kept.get("fingerprint") == digest and run.shards() == kept["facts"]["shards"]:
+    released = released_instructions(store)
+    if _unchanged(run, kept, digest, released):
         run.facts.update(kept["facts"])
         report.skipped = True
         return report
-    result = ingest(run.spec)
+    result = ingest(run.spec, released=released)
     shards = write_instruction_shards(run, result.instructions)
     run.set_shards(shards)
     store.log("quarantine").replace(result.quarantined)
     store.log("dropped").replace(result.dropped)
     store.write_json("ingest/stats.json", result.stats)
+    store.write_json(
+        RELEASED_REMOVED,
+        {"release": released.describe(), "removed": result.released_removed, "notes": result.notes},
+    )
+    store.write_json(BENCHMARK_JSON, result.benchmark)
     facts = {
         "instructions": len(result.instructions),
         "quarantined": len(result.quarantined),
         "dropped": len(result.dropped),
         "quarantine_examples": [q.model_dump() for q in result.quarantined[:5]],
+        "released_removed": _removed_counts(result.released_removed),
+        "quota_notes": [note["text"] for note in result.notes],
         "shards": shards,
     }
     run.facts.update(facts)
-    store.write_json(INGEST_FACTS, {"fingerprint": digest, "facts": facts})
+    used = {"version": released.version, "content_hash": released.content_hash}
+    store.write_json(INGEST_FACTS, {"fingerprint": digest, "facts": facts, "released": used})
     report.succeeded = len(result.instructions)
     return report
+
+
+def _removed_counts(removed: list[dict[str, str]]) -> dict[str, int]:
+    """Released instructions not kept, by reason (``duplicate_of:<id>`` counted as ``duplicate_of``)."""
+    counts: dict[str, int] = {}
+    for row in removed:
+        reason = row["reason"].split(":", 1)[0]
+        counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _summary(run: Run) -> list[Any]:

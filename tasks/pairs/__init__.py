@@ -1,11 +1,14 @@
 """Pairs and binarized preference sets (reference §6)."""
 
 from ultrafeedback.tasks.pairs.pairs import (
+    H4_SPLITS,
     SCORE_COLUMNS,
     SPLITS,
     TIE_DECIMALS,
+    assign_splits,
     binarize,
     build_pairs,
+    gen_messages,
     n_test_rows,
     pairs_frame,
     prompt_id,
@@ -15,11 +18,14 @@ from ultrafeedback.tasks.pairs.pairs import (
 )
 
 __all__ = [
+    "H4_SPLITS",
     "SCORE_COLUMNS",
     "SPLITS",
     "TIE_DECIMALS",
+    "assign_splits",
     "binarize",
     "build_pairs",
+    "gen_messages",
     "n_test_rows",
     "pairs_frame",
     "prompt_id",

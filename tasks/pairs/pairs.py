@@ -9,12 +9,18 @@ Three products, all pure functions of the ``ScoredCompletion`` table (reference 
   = first max ``overall_score``, rejected = a random other completion, ties kept) or the Argilla rule
   (§6.3: chosen = best mean aspect rating, rejected = a random strictly lower one, ties dropped), in
   the TRL chat format.
-* :func:`split_binarized` - deterministic ``train_prefs`` / ``test_prefs`` splits.
+* :func:`split_binarized` - the six HuggingFaceH4 splits: ``train_prefs`` / ``test_prefs`` (decided
+  by :func:`assign_splits`), ``train_sft`` / ``test_sft`` and ``train_gen`` / ``test_gen``.
 
 Determinism: every random draw comes from an RNG seeded by ``(seed, instruction_id)`` through
 ``ultrafeedback.keys.seeded_int``, and splits hash ``prompt_id`` with the seed, so the output for an
-instruction does not depend on which other instructions are present or on input row order. That is
-what lets a refresh add instructions without reshuffling the ones already released.
+instruction does not depend on which other instructions are present or on input row order. Split
+membership also honours the earlier releases (:func:`assign_splits`' ``history``): a prompt
+published in a split stays in it, so a refresh never moves a test row to train.
+
+Completion order: ``order="slot"`` visits an instruction's completions by their assigned slot,
+``order="model"`` by model id, as the released openbmb/UltraFeedback rows list them (the spec's
+``completion_order``). It decides which of two equal maxima H4's rule takes as chosen.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from json.encoder import encode_basestring as _json_str
 from typing import Any, Literal
 
 import pandas as pd
 
-from ultrafeedback.keys import seeded_int
+from ultrafeedback.keys import normalise_text, seeded_int
 from ultrafeedback.records import Pair
 
 ScoreKind = Literal["fine_grained", "overall"]
@@ -45,6 +51,15 @@ are mathematically equal (11/3 computed in two places) always count as a tie. ``
 pairs with the same rule, so its pair count equals ``len(build_pairs(...))``."""
 
 SPLITS: tuple[str, str] = ("train_prefs", "test_prefs")
+"""The two halves every binarized row falls in (``split_test_ids`` decides them)."""
+H4_SPLITS: tuple[str, ...] = ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen")
+"""The six splits of HuggingFaceH4/ultrafeedback_binarized (reference §6.2): ``*_sft`` are the rows
+of ``train_prefs`` and of one half of ``test_prefs`` (``test_sft``: ``len(test_prefs) // 2`` rows, as
+H4's 50/50 second split gives); ``*_gen`` are the ``*_sft`` rows with the final assistant message
+removed from ``messages`` (prompts to generate from)."""
+ORDERS: dict[str, str] = {"slot": "position", "model": "model"}
+"""The spec's ``completion_order`` -> the ScoredCompletion column that orders an instruction's
+completions."""
 
 EXCLUDED, FEWER_THAN_TWO, ALL_TIED, IDENTICAL = (
     "excluded_source",
@@ -53,6 +68,9 @@ EXCLUDED, FEWER_THAN_TWO, ALL_TIED, IDENTICAL = (
     "identical_completions",
 )
 """Why ``binarize`` leaves an instruction out (counted in its ``dropped`` argument)."""
+CONTAMINATED = "contaminated"
+"""``contaminated:<source>``: the instruction equals a question of a ``binarize.decontaminate_sources``
+source (H4 drops TruthfulQA's questions from the other sources)."""
 
 _PAIR_COLUMNS = ["instruction_id", "source", "instruction", "completion_id", "model", "response"]
 
@@ -62,39 +80,48 @@ def score_key(values: pd.Series) -> pd.Series:
     return pd.to_numeric(values, errors="coerce").astype("float64").round(TIE_DECIMALS)
 
 
-def latest_rows(scored: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per completion id (the last one, as the store's readers do), in slot order.
+def order_column(order: str) -> str:
+    """The column behind a ``completion_order`` (``slot`` or ``model``)."""
+    try:
+        return ORDERS[order]
+    except KeyError:
+        raise ValueError(f"completion order must be one of {sorted(ORDERS)}, got {order!r}") from None
 
-    Sorting by (instruction_id, position, completion_id) makes every product independent of the
-    order in which stage parts were written or read. The order is computed on the key columns and
-    applied in one take of the wanted ``columns`` (all by default): moving long text columns is
+
+def latest_rows(scored: pd.DataFrame, columns: Sequence[str] | None = None, order: str = "slot") -> pd.DataFrame:
+    """One row per completion id (the last one, as the store's readers do), in completion order.
+
+    Sorting by (instruction_id, slot or model, completion_id) makes every product independent of
+    the order in which stage parts were written or read. The order is computed on the key columns
+    and applied in one take of the wanted ``columns`` (all by default): moving long text columns is
     what costs time at 256k rows.
     """
+    by = order_column(order)
     wanted = list(scored.columns if columns is None else dict.fromkeys([*columns, "completion_id"]))
     if scored.empty:
         return scored[wanted]
-    keys = scored[["completion_id", "instruction_id", "position"]].reset_index(drop=True)
+    keys = scored[list(dict.fromkeys(["completion_id", "instruction_id", by]))].reset_index(drop=True)
     keys = keys[~keys["completion_id"].duplicated(keep="last")]
-    order = keys.sort_values(["instruction_id", "position", "completion_id"], kind="stable").index.to_numpy()
-    return scored[wanted].take(order).reset_index(drop=True)
+    rows = keys.sort_values(["instruction_id", by, "completion_id"], kind="stable").index.to_numpy()
+    return scored[wanted].take(rows).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- all non-tied pairs
 
 
-def build_pairs(scored: pd.DataFrame, score: ScoreKind = "fine_grained") -> list[Pair]:
+def build_pairs(scored: pd.DataFrame, score: ScoreKind = "fine_grained", order: str = "slot") -> list[Pair]:
     """Every non-tied pair of completions within each instruction.
 
     For an instruction with ``k`` scored completions that is C(k, 2) pairs minus the tied ones;
     completions whose score is null take part in no pair. ``chosen`` is the higher-scored completion,
     ``margin`` the absolute score difference (the paper's reward-model margin before normalisation).
-    Order: by instruction id, then by the slot positions of the two completions (lower slot first),
-    so the list is the same whatever the input row order.
+    Order: by instruction id, then by the completion order (``slot`` or ``model``) of the two
+    completions (the earlier first), so the list is the same whatever the input row order.
     """
     if score not in SCORE_COLUMNS:
         raise ValueError(f"score must be one of {sorted(SCORE_COLUMNS)}, got {score!r}")
     column = SCORE_COLUMNS[score]
-    frame = latest_rows(scored, [*_PAIR_COLUMNS, column])
+    frame = latest_rows(scored, [*_PAIR_COLUMNS, column], order)
     if frame.empty:
         return []
     scores = pd.to_numeric(frame[column], errors="coerce").astype("float64")
@@ -181,7 +208,7 @@ def _as_float(value: Any) -> float | None:
 
 
 def _pick_h4(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | str:
-    """H4 (§6.2): chosen = first max overall_score in slot order; rejected = uniform among the
+    """H4 (§6.2): chosen = first max overall_score in completion order; rejected = uniform among the
     completions whose (score, response, model) differs from chosen. That is exactly the distribution
     of H4's ``random.choice`` resampled until the tuple differs; ties are NOT dropped."""
     scored = [c for c in completions if c["score"] is not None]
@@ -199,7 +226,7 @@ def _pick_h4(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dic
 
 
 def _pick_argilla(completions: list[dict[str, Any]], rng: random.Random) -> tuple[dict, dict] | str:
-    """Argilla (§6.3): chosen = best mean aspect rating (first in slot order); rejected = uniform
+    """Argilla (§6.3): chosen = best mean aspect rating (first in completion order); rejected = uniform
     among strictly lower-rated completions; an instruction with none lower (all tied) is dropped."""
     scored = [c for c in completions if c["score"] is not None]
     if len(scored) < 2:
@@ -218,6 +245,10 @@ def binarize(
     seed: int = 42,
     exclude_sources: Iterable[str] = (),
     dropped: Counter[str] | None = None,
+    *,
+    order: str = "slot",
+    benchmark: Mapping[str, str] | None = None,
+    dropped_rows: list[dict[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """One chosen/rejected row per instruction, in TRL's conversational preference format.
 
@@ -225,16 +256,21 @@ def binarize(
     ``argilla`` by ``fine_grained_score`` (the mean of the aspect ratings, Argilla's recommendation).
     Completions with a null score are not candidates; instructions with fewer than 2 scored
     completions are skipped. Rows from ``exclude_sources`` are dropped first (H4 drops
-    ``truthful_qa``). Each instruction draws from its own RNG, seeded by (seed, rule,
-    instruction_id), so adding or removing other instructions never changes its row.
+    ``truthful_qa``), then decontamination: ``benchmark`` maps normalised benchmark questions to the
+    source they come from, and an instruction of another source whose normalised text is one of
+    them is dropped (reason ``contaminated:<source>``; H4 drops the exact matches of TruthfulQA's
+    questions). Candidates are visited in ``order`` (``slot`` or ``model``), which decides ties.
+    Each instruction draws from its own RNG, seeded by (seed, rule, instruction_id), so adding or
+    removing other instructions never changes its row.
 
     Row fields: prompt, prompt_id (sha256 of the prompt), chosen, rejected, messages (= chosen),
     score_chosen, score_rejected, chosen_model, rejected_model, source, and for lineage
     instruction_id, chosen_id, rejected_id. Rows are ordered by instruction id.
 
     Nothing is dropped silently: pass a ``Counter`` as ``dropped`` to get the instructions left out
-    by reason (``excluded_source``, ``fewer_than_2_scored``, ``all_tied`` for Argilla,
-    ``identical_completions`` for H4).
+    by reason (``excluded_source``, ``contaminated:<source>``, ``fewer_than_2_scored``, ``all_tied``
+    for Argilla, ``identical_completions`` for H4), and a list as ``dropped_rows`` to get each
+    contaminated instruction (instruction_id, source, reason, detail).
     """
     if rule not in ("h4", "argilla"):
         raise ValueError(f"rule must be 'h4' or 'argilla', got {rule!r}")
@@ -245,7 +281,9 @@ def binarize(
         out = scored["source"].isin(excluded)
         dropped[EXCLUDED] += int(scored.loc[out, "instruction_id"].nunique())
         scored = scored[~out]
-    frame = latest_rows(scored, [*_PAIR_COLUMNS, column])
+    if benchmark and not scored.empty:
+        scored = _decontaminate(scored, benchmark, dropped, dropped_rows)
+    frame = latest_rows(scored, [*_PAIR_COLUMNS, column], order)
     if frame.empty:
         return []
     scores = pd.to_numeric(frame[column], errors="coerce").astype("float64")
@@ -304,6 +342,39 @@ def binarize(
     return rows
 
 
+def _decontaminate(
+    scored: pd.DataFrame,
+    benchmark: Mapping[str, str],
+    dropped: Counter[str],
+    dropped_rows: list[dict[str, str]] | None,
+) -> pd.DataFrame:
+    """``scored`` without the instructions of other sources that equal a benchmark question."""
+    heads = scored.drop_duplicates("instruction_id")[["instruction_id", "source", "instruction"]]
+    hits: dict[str, str] = {}
+    for instruction, source, text in heads.itertuples(index=False):
+        origin = benchmark.get(normalise_text(text))
+        if origin is not None and origin != source:
+            hits[instruction] = origin
+    if not hits:
+        return scored
+    for instruction, source in sorted(zip(heads["instruction_id"], heads["source"], strict=True)):
+        origin = hits.get(instruction)
+        if origin is None:
+            continue
+        reason = f"{CONTAMINATED}:{origin}"
+        dropped[reason] += 1
+        if dropped_rows is not None:
+            dropped_rows.append(
+                {
+                    "instruction_id": instruction,
+                    "source": source,
+                    "reason": reason,
+                    "detail": f"the instruction equals a question of source {origin!r} (exact, after normalisation)",
+                }
+            )
+    return scored[~scored["instruction_id"].isin(hits)]
+
+
 # --------------------------------------------------------------------------- splits
 
 
@@ -330,39 +401,88 @@ def n_test_rows(n_rows: int, test_size: float | int) -> int:
     return min(max(wanted, 1), n_rows - 1)
 
 
-def split_binarized(
-    rows: Sequence[dict[str, Any]], test_size: float | int = 0.1, seed: int = 42
-) -> dict[str, list[dict[str, Any]]]:
-    """Split binarized rows into ``train_prefs`` and ``test_prefs``.
+def assign_splits(
+    keys: Iterable[tuple[str, str]],
+    test_size: float | int = 0.1,
+    seed: int = 42,
+    history: Mapping[str, str] | None = None,
+) -> tuple[set[str], set[str]]:
+    """``(test ids, test_sft ids)``: the instruction ids of the binarized rows that go to
+    ``test_prefs``, and the half of them that also go to ``test_sft``.
 
-    Each row is ranked by ``seeded_int(seed, "split", prompt_id)`` and the lowest-ranked
-    :func:`n_test_rows` rows go to test. A row's rank depends only on its own prompt and the seed, so
-    adding rows moves at most the rows at the boundary instead of reshuffling everything (what a
-    shuffled ``train_test_split`` would do). Rows keep their input order within a split.
+    ``keys`` are the ``(instruction_id, prompt_id)`` of every binarized row, in any order. A prompt
+    in ``history`` (prompt_id -> ``train``, ``test``, ``test_sft`` or ``test_other``, from the
+    earlier releases: ``tasks.publish.history.split_history``) keeps its place: a test row stays
+    test, a train row stays train, and a ``test_sft`` row stays in ``test_sft``. The other rows fill
+    what is free: test up to :func:`n_test_rows` of all rows, by the lowest
+    ``seeded_int(seed, "split", prompt_id)``, and ``test_sft`` up to half the test rows (rounded
+    down: H4 splits its 2,000 test rows 50/50), by the lowest ``seeded_int(seed, "sft", prompt_id)``.
+    Without history the split is a function of the rows and the seed only; with it, a refresh adds
+    its new rows around the published ones (so the test split can exceed its target when earlier
+    test rows are many, and never takes a published train row to reach it).
     """
-    n_test = n_test_rows(len(rows), test_size)
-    test_index = _lowest_ranked(((row["prompt_id"], i) for i, row in enumerate(rows)), n_test, seed)
+    history = history or {}
+    keys = list(keys)
+    n_test = n_test_rows(len(keys), test_size)
+    fixed_test = {i for i, p in keys if history.get(p, "").startswith("test")}
+    free = [(p, i) for i, p in keys if p not in history]
+    test = fixed_test | _lowest_ranked(free, max(0, n_test - len(fixed_test)), seed)
+    in_test = [(i, p) for i, p in keys if i in test]
+    fixed_sft = {i for i, p in in_test if history.get(p) == "test_sft"}
+    undecided = [(p, i) for i, p in in_test if history.get(p) not in ("test_sft", "test_other")]
+    n_sft = len(test) // 2
+    sft = fixed_sft | _lowest_ranked(undecided, max(0, n_sft - len(fixed_sft)), seed, "sft")
+    return test, sft
+
+
+def gen_messages(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
+    """A conversation without its final assistant message (the ``*_gen`` splits' ``messages``)."""
+    out = [dict(m) for m in messages]
+    return out[:-1] if out and out[-1].get("role") == "assistant" else out
+
+
+def _gen_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "messages": gen_messages(row["messages"])} if "messages" in row else dict(row)
+
+
+def split_binarized(
+    rows: Sequence[dict[str, Any]],
+    test_size: float | int = 0.1,
+    seed: int = 42,
+    history: Mapping[str, str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Split binarized rows into the six H4 splits (:data:`H4_SPLITS`).
+
+    ``train_prefs`` / ``test_prefs`` and the ``test_sft`` half are decided by :func:`assign_splits`
+    (a row's rank depends only on its own prompt and the seed, so adding rows moves at most the rows
+    at the boundary, and none that ``history`` places); ``train_sft`` is ``train_prefs``; the
+    ``*_gen`` splits are the ``*_sft`` rows with ``messages`` cut before the final assistant message.
+    Rows keep their input order within a split.
+    """
+    test, sft = assign_splits(((row["instruction_id"], row["prompt_id"]) for row in rows), test_size, seed, history)
+    train_rows = [row for row in rows if row["instruction_id"] not in test]
+    test_rows = [row for row in rows if row["instruction_id"] in test]
+    sft_rows = [row for row in test_rows if row["instruction_id"] in sft]
     return {
-        "train_prefs": [row for i, row in enumerate(rows) if i not in test_index],
-        "test_prefs": [row for i, row in enumerate(rows) if i in test_index],
+        "train_prefs": train_rows,
+        "test_prefs": test_rows,
+        "train_sft": list(train_rows),
+        "test_sft": sft_rows,
+        "train_gen": [_gen_row(row) for row in train_rows],
+        "test_gen": [_gen_row(row) for row in sft_rows],
     }
 
 
 def split_test_ids(keys: Iterable[tuple[str, str]], test_size: float | int = 0.1, seed: int = 42) -> set[str]:
-    """The instruction ids whose rows :func:`split_binarized` puts in ``test_prefs``, from key columns.
-
-    ``keys`` are the ``(instruction_id, prompt_id)`` of every binarized row, in any order. Binarized
-    rows are one per instruction and ordered by instruction id, so the instruction id breaks rank ties
-    exactly as ``split_binarized``'s row index does: the result equals that split on the whole list,
-    while a caller holds only these two columns (the pairs stage splits shard by shard).
-    """
-    keys = list(keys)
-    n_test = n_test_rows(len(keys), test_size)
-    return _lowest_ranked(((prompt, instruction) for instruction, prompt in keys), n_test, seed)
+    """The instruction ids whose rows :func:`split_binarized` puts in ``test_prefs`` (no history),
+    from key columns: :func:`assign_splits`' first set."""
+    return assign_splits(keys, test_size, seed)[0]
 
 
-def _lowest_ranked(items: Iterable[tuple[str, Any]], n: int, seed: int) -> set[Any]:
-    """The tie-breakers of the ``n`` items with the lowest ``(seeded_int(seed, "split", prompt_id),
+def _lowest_ranked(items: Iterable[tuple[str, Any]], n: int, seed: int, salt: str = "split") -> set[Any]:
+    """The tie-breakers of the ``n`` items with the lowest ``(seeded_int(seed, salt, prompt_id),
     tie-breaker)``, for ``(prompt_id, tie-breaker)`` items."""
-    ranked = ((seeded_int(seed, "split", prompt), tie) for prompt, tie in items)
+    if n <= 0:
+        return set()
+    ranked = ((seeded_int(seed, salt, prompt), tie) for prompt, tie in items)
     return {tie for _, tie in heapq.nsmallest(n, ranked)}

@@ -9,7 +9,12 @@ Layout under ``{store}/{dataset}/``::
     pairs/shard-NNNNN.parquet                        the Pair rows of scored shard N, by instruction id
     binarized/{train_prefs,test_prefs}/shard-NNNNN.parquet
                                                      the binarized rows of scored shard N, by instruction id
+    binarized/test_sft/shard-NNNNN.parquet           the shard's test rows that are also in test_sft
     binarized/dropped.json                           instructions ``binarize`` left out, by reason
+    binarized/contaminated.json                      each instruction dropped as a benchmark match
+
+The other H4 splits are derived from these at publish time: ``train_sft`` is ``train_prefs``,
+``train_gen`` / ``test_gen`` are ``train_prefs`` / ``test_sft`` with the final assistant message cut.
 
 A shard's pairs and binarized rows are ordered by instruction id, as the whole-table functions order
 them; across shards the whole-table order is by instruction id too, while the shards follow
@@ -38,6 +43,9 @@ SCORED = OUTPUTS["scored"].folder
 PAIRS = OUTPUTS["pairs"].folder
 BINARIZED = OUTPUTS["binarized"].folder
 SPLITS: tuple[str, str] = ("train_prefs", "test_prefs")
+"""The two splits every binarized row is in exactly one of."""
+STORED_SPLITS: tuple[str, str, str] = ("train_prefs", "test_prefs", "test_sft")
+"""The split folders the pairs stage writes (``test_sft`` is a subset of ``test_prefs``)."""
 UNSPLIT = f"{BINARIZED}/.unsplit"
 """The pairs stage's scratch folder: binarized rows before the (global) split is known."""
 

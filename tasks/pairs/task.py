@@ -2,11 +2,16 @@
 
 The stage streams the scored shards (layout in ``tasks.pairs.shards``): for scored shard N it writes
 ``pairs/shard-N.parquet`` and the shard's binarized rows, so memory holds one shard of text. Only
-the train/test split is global (the lowest-ranked ``n_test_rows(total)`` rows go to test); it is
-decided from two key columns of every binarized row, then each shard's rows are written to
-``binarized/{train_prefs,test_prefs}/shard-N.parquet``. The products are identical to the
-whole-table functions (``build_pairs``, ``binarize``, ``split_binarized``) on all scored rows;
+the train/test split is global (``assign_splits``: the prompts earlier releases placed keep their
+split, the others fill the test target by rank); it is decided from two key columns of every
+binarized row and the earlier releases' ``prompt_id`` columns, then each shard's rows are written
+to ``binarized/{train_prefs,test_prefs,test_sft}/shard-N.parquet``. The products are identical to
+the whole-table functions (``build_pairs``, ``binarize``, ``split_binarized``) on all scored rows;
 :func:`read_pairs` and :func:`read_binarized_splits` return them in that whole-table order.
+
+With ``binarize.decontaminate_sources``, ingest records the normalised questions of those sources
+(``ingest/benchmark_questions.json``, every record read); ``binarize`` drops the other sources'
+instructions equal to one of them and this stage lists each in ``binarized/contaminated.json``.
 
 Each file records in its footer the fingerprint of what it was computed from (the scored shard's
 recorded fingerprint, the rules, :data:`PAIRS_CODE`; for split files also the shard's test rows),
@@ -30,11 +35,13 @@ from ultrafeedback.infra.store import FINGERPRINT_META, Store, arrow_schema, row
 from ultrafeedback.records import Pair
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.common import store_for
-from ultrafeedback.tasks.pairs.pairs import binarize, build_pairs, split_test_ids
+from ultrafeedback.tasks.ingest.task import BENCHMARK_JSON
+from ultrafeedback.tasks.pairs.pairs import assign_splits, binarize, build_pairs, gen_messages
 from ultrafeedback.tasks.pairs.shards import (
     BINARIZED,
     PAIRS,
     SPLITS,
+    STORED_SPLITS,
     UNSPLIT,
     ScoredShard,
     check_whole_instructions,
@@ -53,11 +60,14 @@ from ultrafeedback.tasks.pairs.shards import (
 from ultrafeedback.tasks.stages import fingerprint
 
 DROPPED_JSON = f"{BINARIZED}/dropped.json"
-PAIRS_CODE = 1
+CONTAMINATED_JSON = f"{BINARIZED}/contaminated.json"
+PAIRS_CODE = 2
 """The version of this stage's output for the same scored rows and rules, part of each shard's
 fingerprint: bump it when ``build_pairs``, ``binarize`` or the files they are written to change."""
 DROPPED_META = b"ultrafeedback.binarize_dropped"
 """Pair files' footer: the shard's instructions ``binarize`` left out, by reason (JSON)."""
+CONTAMINATED_META = b"ultrafeedback.binarize_contaminated"
+"""Pair files' footer: the shard's instructions dropped as benchmark matches (JSON list)."""
 INPUTS_META = b"ultrafeedback.pairs_fingerprint"
 """Split files' footer: the fingerprint of the pair build they were split from."""
 
@@ -80,24 +90,55 @@ def read_pairs(store: Store) -> pd.DataFrame:
 
 
 def read_binarized_splits(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """Split name -> binarized rows (chat messages as lists of dicts), in ``split_binarized`` order.
-    For small data; large readers use :func:`iter_binarized`."""
+    """Split name -> binarized rows (chat messages as lists of dicts) for the six H4 splits, in
+    ``split_binarized`` order. For small data; large readers use :func:`iter_binarized`."""
     from ultrafeedback.tasks.publish.features import binarized_features
 
     schema = binarized_features().arrow_schema
+    stored = {
+        split: read_merged(store, f"{BINARIZED}/{split}", ["instruction_id"], schema).to_pylist()
+        for split in STORED_SPLITS
+    }
     return {
-        split: read_merged(store, f"{BINARIZED}/{split}", ["instruction_id"], schema).to_pylist() for split in SPLITS
+        "train_prefs": stored["train_prefs"],
+        "test_prefs": stored["test_prefs"],
+        "train_sft": list(stored["train_prefs"]),
+        "test_sft": stored["test_sft"],
+        "train_gen": [{**row, "messages": gen_messages(row["messages"])} for row in stored["train_prefs"]],
+        "test_gen": [{**row, "messages": gen_messages(row["messages"])} for row in stored["test_sft"]],
     }
 
 
 def read_binarized(store: Store) -> list[dict[str, Any]]:
-    """All binarized rows (every split), for the binarized gate."""
-    return [row for rows in read_binarized_splits(store).values() for row in rows]
+    """Every binarized row once (``train_prefs`` and ``test_prefs``), for the binarized gate."""
+    splits = read_binarized_splits(store)
+    return [row for split in SPLITS for row in splits[split]]
 
 
-def _fingerprint(store: Store, shard: ScoredShard, spec: Spec) -> str:
+def benchmark_questions(store: Store, spec: Spec) -> dict[str, str]:
+    """Normalised question -> its source, for the spec's ``binarize.decontaminate_sources`` (from
+    what ingest recorded; empty when the spec names none)."""
+    wanted = spec.binarize.decontaminate_sources
+    if not wanted:
+        return {}
+    recorded = store.read_json(BENCHMARK_JSON, {}) or {}
+    missing = [name for name in wanted if name not in recorded]
+    if missing:
+        raise ValueError(
+            f"binarize.decontaminate_sources: ingest recorded no questions for {missing}; run ingest again "
+            f"(a build does) so that {BENCHMARK_JSON} lists them"
+        )
+    questions: dict[str, str] = {}
+    for name in wanted:
+        for text in recorded[name]:
+            questions.setdefault(text, name)
+    return questions
+
+
+def _fingerprint(store: Store, shard: ScoredShard, spec: Spec, benchmark: str) -> str:
     """What a shard's pairs and binarized rows are a function of: the scored shard (the fingerprint
-    recorded in its footer, else its bytes), the pair and binarize rules, and this stage's code."""
+    recorded in its footer, else its bytes), the pair and binarize rules, the completion order, the
+    benchmark questions (their digest) and this stage's code."""
     scored = None if shard.legacy else store.fingerprint(shard.files[0])
     rule = spec.binarize
     return fingerprint(
@@ -107,6 +148,8 @@ def _fingerprint(store: Store, shard: ScoredShard, spec: Spec) -> str:
         rule.rule,
         rule.seed,
         sorted(rule.exclude_sources),
+        spec.completion_order,
+        benchmark,
         PAIRS_CODE,
     )
 
@@ -120,30 +163,37 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     rewritten only when the global split moved one of its rows.
     """
     from ultrafeedback.tasks.publish.features import binarized_features
+    from ultrafeedback.tasks.publish.history import split_history
 
     store = store_for(spec)
     schema = binarized_features().arrow_schema
     rule = spec.binarize
-    stored = {folder: set(store.ls(folder)) for folder in (PAIRS, *(f"{BINARIZED}/{s}" for s in SPLITS))}
+    order = spec.completion_order
+    questions = benchmark_questions(store, spec)
+    benchmark = fingerprint("benchmark", sorted(questions.items())) if questions else ""
+    split_folders = [f"{BINARIZED}/{s}" for s in STORED_SPLITS]
+    stored = {folder: set(store.ls(folder)) for folder in (PAIRS, *split_folders)}
 
     def footer(folder: str, name: str) -> dict[bytes, bytes]:
         return footer_metadata(store, f"{folder}/{name}") if name in stored[folder] else {}
 
     dropped: Counter[str] = Counter()
+    contaminated: list[dict[str, str]] = []
     n_pairs = 0
     built: list[tuple[int, str, list[dict[bytes, bytes]] | None]] = []  # (shard, fingerprint, split footers)
     keys: dict[int, list[tuple[str, str]]] = {}  # shard -> (instruction_id, prompt_id) of its binarized rows
     instructions: list[tuple[int, pa.Array]] = []  # distinct instruction ids per shard
     for shard in scored_shards(store):
-        name, digest = shard_name(shard.shard), _fingerprint(store, shard, spec)
+        name, digest = shard_name(shard.shard), _fingerprint(store, shard, spec, benchmark)
         pairs_meta = footer(PAIRS, name)
-        split_metas = [footer(f"{BINARIZED}/{split}", name) for split in SPLITS]
+        split_metas = [footer(folder, name) for folder in split_folders]
         if pairs_meta.get(FINGERPRINT_META) == digest.encode() and all(
             meta.get(INPUTS_META) == digest.encode() for meta in split_metas
         ):
             instructions.append((shard.shard, pc.unique(shard.read(store, ["instruction_id"]).column(0))))
             n_pairs += num_rows(store, f"{PAIRS}/{name}")
             dropped.update(json.loads(pairs_meta[DROPPED_META]))
+            contaminated += json.loads(pairs_meta.get(CONTAMINATED_META, b"[]"))
             split_keys = [
                 read_columns(store, f"{BINARIZED}/{s}/{name}", ["instruction_id", "prompt_id"]) for s in SPLITS
             ]
@@ -154,13 +204,28 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
         instructions.append((shard.shard, pc.unique(scored.column("instruction_id"))))
         frame = scored.to_pandas()
         del scored
-        pairs = build_pairs(frame, spec.pairs.score)
+        pairs = build_pairs(frame, spec.pairs.score, order)
         shard_dropped: Counter[str] = Counter()
-        rows = binarize(frame, rule.rule, rule.seed, rule.exclude_sources, shard_dropped)
-        meta = {FINGERPRINT_META: digest, DROPPED_META: json.dumps(dict(sorted(shard_dropped.items())))}
+        shard_contaminated: list[dict[str, str]] = []
+        rows = binarize(
+            frame,
+            rule.rule,
+            rule.seed,
+            rule.exclude_sources,
+            shard_dropped,
+            order=order,
+            benchmark=questions,
+            dropped_rows=shard_contaminated,
+        )
+        meta = {
+            FINGERPRINT_META: digest,
+            DROPPED_META: json.dumps(dict(sorted(shard_dropped.items()))),
+            CONTAMINATED_META: json.dumps(shard_contaminated),
+        }
         write_shard_file(store, f"{PAIRS}/{name}", rows_table(pairs, Pair), meta)
         n_pairs += len(pairs)
         dropped.update(shard_dropped)
+        contaminated += shard_contaminated
         del pairs, frame
         table = pa.Table.from_pylist(rows, schema=schema)
         write_shard_file(store, f"{UNSPLIT}/{name}", table)
@@ -169,38 +234,62 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     check_whole_instructions(instructions)
     del instructions
 
-    test_ids = split_test_ids((key for shard_keys in keys.values() for key in shard_keys), rule.test_size, rule.seed)
-    splits = dict.fromkeys(SPLITS, 0)
+    history = split_history(store)
+    every_key = (key for shard_keys in keys.values() for key in shard_keys)
+    test_ids, sft_ids = assign_splits(every_key, rule.test_size, rule.seed, history)
+    splits = dict.fromkeys(STORED_SPLITS, 0)
     for shard, digest, split_metas in built:
         name = shard_name(shard)
         in_test = sorted(iid for iid, _ in keys[shard] if iid in test_ids)
+        in_sft = [iid for iid in in_test if iid in sft_ids]
         splits["test_prefs"] += len(in_test)
+        splits["test_sft"] += len(in_sft)
         splits["train_prefs"] += len(keys[shard]) - len(in_test)
-        split_digest = fingerprint("binarized", digest, in_test)
-        paths = [f"{BINARIZED}/{split}/{name}" for split in SPLITS]
+        split_digest = fingerprint("binarized", digest, in_test, in_sft)
+        paths = [f"{folder}/{name}" for folder in split_folders]
         if split_metas is None:  # rebuilt
             rows = read_columns(store, f"{UNSPLIT}/{name}")
         elif all(meta.get(FINGERPRINT_META) == split_digest.encode() for meta in split_metas):
             continue  # unchanged rows, and the split moved none of them
         else:  # unchanged rows, split anew: put back together in instruction-id order
-            rows = pa.concat_tables([read_columns(store, path) for path in paths]).sort_by("instruction_id")
+            rows = pa.concat_tables([read_columns(store, path) for path in paths[:2]]).sort_by("instruction_id")
         rows = rows.cast(schema)
-        mask = pc.is_in(rows.column("instruction_id"), value_set=pa.array(in_test, type=pa.string()))
+        ids = rows.column("instruction_id")
+        test_mask = pc.is_in(ids, value_set=pa.array(in_test, type=pa.string()))
+        sft_mask = pc.is_in(ids, value_set=pa.array(in_sft, type=pa.string()))
         meta = {FINGERPRINT_META: split_digest, INPUTS_META: digest}
-        write_shard_file(store, paths[0], rows.filter(pc.invert(mask)), meta)
-        write_shard_file(store, paths[1], rows.filter(mask), meta)
+        write_shard_file(store, paths[0], rows.filter(pc.invert(test_mask)), meta)
+        write_shard_file(store, paths[1], rows.filter(test_mask), meta)
+        write_shard_file(store, paths[2], rows.filter(sft_mask), meta)
 
     names = [shard_name(shard) for shard, _, _ in built]
     remove_stale(store, PAIRS, names)
-    for split in SPLITS:
-        remove_stale(store, f"{BINARIZED}/{split}", names)
-    remove_stale(store, BINARIZED, [*SPLITS, DROPPED_JSON.rsplit("/", 1)[1]])  # scratch, older layouts
+    for folder in split_folders:
+        remove_stale(store, folder, names)
+    keep = [*STORED_SPLITS, *(path.rsplit("/", 1)[1] for path in (DROPPED_JSON, CONTAMINATED_JSON))]
+    remove_stale(store, BINARIZED, keep)  # scratch, older layouts
     store.write_json(DROPPED_JSON, dict(sorted(dropped.items())))
+    contaminated.sort(key=lambda row: (row["source"], row["instruction_id"]))
+    store.write_json(CONTAMINATED_JSON, contaminated)
     return {
         "pairs": n_pairs,
-        "binarized": sum(splits.values()),
-        "splits": splits,
+        "binarized": splits["train_prefs"] + splits["test_prefs"],
+        "splits": h4_split_counts(splits["train_prefs"], splits["test_prefs"], splits["test_sft"]),
         "binarize_dropped": dict(sorted(dropped.items())),
+        "contaminated": len(contaminated),
+    }
+
+
+def h4_split_counts(train: int, test: int, sft: int) -> dict[str, int]:
+    """The six H4 splits' row counts from the stored ones (``train_sft`` and ``train_gen`` are
+    ``train_prefs``'s rows, ``test_gen`` is ``test_sft``'s)."""
+    return {
+        "train_prefs": train,
+        "test_prefs": test,
+        "train_sft": train,
+        "test_sft": sft,
+        "train_gen": train,
+        "test_gen": sft,
     }
 
 

@@ -189,10 +189,12 @@ def render_card(
     card_info: Mapping[str, Any],
     uri_hint: str = "RELEASE_FOLDER",
     plots: Sequence[tuple[str, str]] = (),
+    changes: Mapping[str, Any] | None = None,
 ) -> str:
     """Render README.md. ``card_info`` must already be scrubbed (``scrub``); the result is scrubbed
     once more as a last guard, because the card is public. ``plots``: (path relative to the
-    release folder, title) of the PNG files beside the card."""
+    release folder, title) of the PNG files beside the card. ``changes``: the changelog from the
+    parent release (``tasks.publish.changelog``; None: not computed)."""
     stats = dict((aggregate or {}).get("stats") or {})
     total = sum(int(j.get("completions", 0)) for j in judges)
     heuristic = sum(int(j.get("completions", 0)) for j in judges if j.get("judge_kind") == "heuristic")
@@ -242,7 +244,12 @@ def render_card(
         "absolute score difference.\n"
         f"- `binarized`: one chosen/rejected pair per instruction by the "
         f"`{card_info.get('binarize_rule', 'h4')}` rule, in TRL's conversational format (`prompt`, "
-        "`chosen`, `rejected`, `messages`), split into `train_prefs` and `test_prefs`.\n"
+        "`chosen`, `rejected`, `messages`), in HuggingFaceH4/ultrafeedback_binarized's six splits: "
+        "`train_prefs` / `test_prefs` (preference modelling, DPO), `train_sft` / `test_sft` (the rows "
+        "of `train_prefs` and of one half of `test_prefs`; `messages` is the chosen conversation) and "
+        "`train_gen` / `test_gen` (the sft rows with the final assistant message removed from "
+        "`messages`: prompts to generate from). A prompt keeps the split a release first put it in: "
+        "a test row never moves to train in a later release.\n" + _binarize_notes(card_info)
     )
     if "://" in uri_hint and not uri_hint.startswith("file://"):
         # `datasets` reads a remote folder only through the parquet builder with data_files
@@ -287,6 +294,9 @@ def render_card(
             f"`{stats.get('pair_score', 'fine_grained')}` score (fine-grained: "
             f"{_cell(stats.get('pairs_fine_grained'))}, overall: {_cell(stats.get('pairs_overall'))}).\n"
         )
+
+    if changes is not None:
+        out.append(changes_section(changes))
 
     if plots:  # PNG files beside the card (``tasks.publish.plots``)
         out.append("## Plots\n")
@@ -334,6 +344,48 @@ def render_card(
             + "```\n"
         )
     return scrub_text("\n".join(out))
+
+
+def _binarize_notes(card_info: Mapping[str, Any]) -> str:
+    """What the card says about the binarized set's completion order and decontamination."""
+    notes = []
+    if card_info.get("completion_order") == "model":
+        notes.append(
+            "  A record's completions (and `models`) are listed by model id, as the released "
+            "openbmb/UltraFeedback rows are; the first best-scored of them is `chosen`.\n"
+        )
+    sources = card_info.get("decontaminate_sources") or []
+    if sources:
+        names = ", ".join(f"`{name}`" for name in sources)
+        notes.append(
+            f"  Decontaminated: instructions of other sources that equal a question of {names} (exact, "
+            "after normalisation) are left out of `binarized` (they stay in `completions` and `pairs`, as "
+            "in the original data); `binarized/contaminated.json` in the store lists them.\n"
+        )
+    return "".join(notes)
+
+
+def changes_section(changes: Mapping[str, Any]) -> str:
+    """The card's changelog: rows added, removed and changed per config and split, with reasons."""
+    from ultrafeedback.tasks.publish.changelog import changes_table
+
+    notes = "".join(f"- {note}\n" for note in changes.get("notes") or [])
+    parent = changes.get("parent")
+    if parent is None:
+        return "## Changes\n\nThe first release of this dataset: every row is new.\n" + (f"\n{notes}" if notes else "")
+    text = (
+        f"## Changes since v{parent}\n\nRows are matched by key (`completions`: `id`; `pairs`: `pair_id`; "
+        "`binarized`: `prompt_id`) and compared value by value. Reasons: `new_instruction`; for an "
+        "instruction in both releases `new_model` (a model joined or left its completions), "
+        "`regenerated` (a response changed), `re_judged` (ratings, critique or scores changed) or "
+        "`other`; for one that left, why ingest left it out (`quota_reduced`, `contaminated`, "
+        "`duplicate_of`, `near_duplicate_of`, `missing_from_source`, `not_scored`, ...); "
+        "`rules_changed` for pair or binarized rows of an unchanged instruction.\n\n"
+    )
+    text += markdown_table(changes_table(changes.get("configs") or {})) + "\n"
+    if notes:
+        text += "\n" + notes
+    return text
 
 
 def _as_row(value: Any) -> dict[str, Any]:

@@ -5,8 +5,8 @@ Layout of one release, a Hugging Face dataset repository as a folder::
     {root}/v{N}/README.md                                   dataset card, YAML ``configs``
     {root}/v{N}/completions/train-00000-of-00001.parquet    openbmb/UltraFeedback schema (+ judge fields, id)
     {root}/v{N}/pairs/train-00000-of-00001.parquet          every non-tied pair (Pair records)
-    {root}/v{N}/binarized/train_prefs-00000-of-00001.parquet
-    {root}/v{N}/binarized/test_prefs-00000-of-00001.parquet
+    {root}/v{N}/binarized/{split}-00000-of-00001.parquet    the six HuggingFaceH4 splits: train_prefs,
+                                                            test_prefs, train_sft, test_sft, train_gen, test_gen
     {root}/v{N}/plots/*.png                                 ratings, overall score, leaderboard, sources
     {root}/v{N}/manifest.json                               written last: a release exists iff it has one
 
@@ -31,6 +31,10 @@ instead of creating v{N+1}: rerunning a finished build never duplicates a releas
 release also records its input fingerprint (the sha256 of the input shard files, the card inputs,
 the shard size and the writer version); a rerun whose fingerprint matches the latest release's
 returns it before serialising anything.
+
+Changelog: a new release's card and manifest (``changes``) say what changed from its parent (the
+latest complete release of the same root): rows added, removed and changed per config and split,
+with the reasons (``tasks.publish.changelog``).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import os
 import posixpath
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -55,11 +59,20 @@ import pyarrow.parquet as pq
 
 from ultrafeedback.infra.store import Store
 from ultrafeedback.records import Pair
+from ultrafeedback.tasks.pairs.pairs import H4_SPLITS
 from ultrafeedback.tasks.pairs.shards import TableCursor, file_sha256
 from ultrafeedback.tasks.publish.card import render_card, scrub
+from ultrafeedback.tasks.publish.changelog import Digests, diff_releases
 from ultrafeedback.tasks.publish.features import binarized_features, completions_features, pairs_features
 from ultrafeedback.tasks.publish.plots import render_plots
-from ultrafeedback.tasks.publish.tables import as_frame, binarized_table, completions_table, conform, pairs_table
+from ultrafeedback.tasks.publish.tables import (
+    as_frame,
+    binarized_table,
+    completions_table,
+    conform,
+    gen_table,
+    pairs_table,
+)
 
 if TYPE_CHECKING:
     from ultrafeedback.tasks.aggregate.aggregate import AggregateResult
@@ -71,14 +84,14 @@ CARD = "README.md"
 FORMAT = "ultrafeedback-release/1"
 ROW_GROUP_ROWS = 2_000
 """Parquet row groups small enough for the Hub viewer's random access, large enough to compress."""
-WRITER = 2
+WRITER = 3
 """The release writer's version, part of a stored release's input fingerprint: bump it when a code
 change alters the files written for the same inputs, so that a rerun publishes the new output."""
 
 CONFIG_SPLITS: dict[str, tuple[str, ...]] = {
     "completions": ("train",),
     "pairs": ("train",),
-    "binarized": ("train_prefs", "test_prefs"),
+    "binarized": H4_SPLITS,
 }
 
 
@@ -92,14 +105,19 @@ class ReleaseTables:
     Attributes:
         scored: the ScoredCompletion rows (the ``completions`` config is built from them).
         pairs: ``build_pairs`` output (Pair records, or a DataFrame or Arrow table of them).
-        binarized: split name (``train_prefs``, ``test_prefs``) -> ``binarize`` rows (or a table).
+        binarized: split name -> ``binarize`` rows (or a table): the six H4 splits as
+            ``split_binarized`` returns them, or some of them: ``train_sft`` defaults to
+            ``train_prefs``, ``test_sft`` to no rows, ``*_gen`` to ``*_sft`` with the final assistant
+            message cut.
         aggregate: the ``aggregate`` result (or its ``to_dict()``), shown on the card.
+        completion_order: ``slot`` or ``model`` (the spec's ``completion_order``).
     """
 
     scored: pd.DataFrame | pa.Table
     pairs: Sequence[Pair] | pd.DataFrame | pa.Table
     binarized: Mapping[str, Sequence[Mapping[str, Any]] | pa.Table]
     aggregate: AggregateResult | Mapping[str, Any] | None = None
+    completion_order: str = "slot"
 
 
 @dataclass
@@ -113,6 +131,7 @@ class ShardedTables:
     """
 
     aggregate: AggregateResult | Mapping[str, Any] | None = None
+    completion_order: str = "slot"
     _file_hashes: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def file_hashes(self, store: Store) -> dict[str, str]:
@@ -152,13 +171,16 @@ def _memory_splits(tables: ReleaseTables) -> list[_Split]:
     unknown = set(tables.binarized) - set(CONFIG_SPLITS["binarized"])
     if unknown:
         raise ValueError(f"binarized splits must be {CONFIG_SPLITS['binarized']}, got extra {sorted(unknown)}")
+    given = {split: binarized_table(rows) for split, rows in tables.binarized.items()}
+    for split in ("train_prefs", "test_prefs", "test_sft"):
+        given.setdefault(split, binarized_table([]))
+    given.setdefault("train_sft", given["train_prefs"])
+    given.setdefault("train_gen", gen_table(given["train_sft"]))
+    given.setdefault("test_gen", gen_table(given["test_sft"]))
     whole = {
-        ("completions", "train"): completions_table(tables.scored),
+        ("completions", "train"): completions_table(tables.scored, tables.completion_order),
         ("pairs", "train"): pairs_table(tables.pairs),
-        **{
-            ("binarized", split): binarized_table(tables.binarized.get(split, []))
-            for split in CONFIG_SPLITS["binarized"]
-        },
+        **{("binarized", split): given[split] for split in CONFIG_SPLITS["binarized"]},
     }
     return [
         _Split(config, split, table.num_rows, table.schema, lambda table=table: iter([table]))
@@ -168,20 +190,22 @@ def _memory_splits(tables: ReleaseTables) -> list[_Split]:
 
 def _input_files(store: Store) -> list[str]:
     """The stage files a stored release is built from (what its fingerprint hashes)."""
-    from ultrafeedback.tasks.pairs.shards import BINARIZED, PAIRS, SPLITS, scored_shards, shard_files
+    from ultrafeedback.tasks.pairs.shards import BINARIZED, PAIRS, STORED_SPLITS, scored_shards, shard_files
 
     files = [relpath for shard in scored_shards(store) for relpath in shard.files]
-    for folder in (PAIRS, *(f"{BINARIZED}/{split}" for split in SPLITS)):
+    for folder in (PAIRS, *(f"{BINARIZED}/{split}" for split in STORED_SPLITS)):
         files += [relpath for _, relpath in shard_files(store, folder)]
     return files
 
 
-def _stored_splits(store: Store) -> tuple[list[_Split], Counter[tuple[str, str]]]:
+def _stored_splits(store: Store, order: str = "slot") -> tuple[list[_Split], Counter[tuple[str, str]]]:
     """The splits of a release built from the store's shard files, and the judge counts.
 
     Completions: one record per instruction, by (source, instruction id), built from one scored
-    shard at a time. Pairs and binarized rows: merged from their shard files into instruction-id
-    order, the order of the whole-table functions. Only key columns are read up front.
+    shard at a time (completions in ``order``). Pairs and binarized rows: merged from their shard
+    files into instruction-id order, the order of the whole-table functions; ``train_sft`` and
+    ``train_gen`` stream the ``train_prefs`` files, ``test_gen`` the ``test_sft`` ones, the ``*_gen``
+    splits with the final assistant message cut. Only key columns are read up front.
     """
     from ultrafeedback.tasks.pairs.shards import (
         BINARIZED,
@@ -203,14 +227,20 @@ def _stored_splits(store: Store) -> tuple[list[_Split], Counter[tuple[str, str]]
         judges.update(_judge_counts(keys.to_pandas()))
         records = keys.group_by(record_keys).aggregate([]).sort_by([(c, "ascending") for c in record_keys])
         instructions.append((shard.shard, pc.unique(keys.column("instruction_id"))))
-        streams.append(ShardStream(records, lambda shard=shard: iter([completions_table(shard.read(store))])))
+        streams.append(ShardStream(records, lambda shard=shard: iter([completions_table(shard.read(store), order)])))
     check_whole_instructions(instructions)
 
-    def merged(streams: list[ShardStream], by: list[str], schema: pa.Schema) -> Callable[[], Iterator[pa.Table]]:
+    def merged(
+        streams: list[ShardStream], by: list[str], schema: pa.Schema, gen: bool = False
+    ) -> Callable[[], Iterator[pa.Table]]:
+        if gen:
+            return lambda: (gen_table(conform(t, schema)) for t in merge_shards(streams, by, ROW_GROUP_ROWS))
         return lambda: (conform(t, schema) for t in merge_shards(streams, by, ROW_GROUP_ROWS))
 
-    def split(config: str, name: str, streams: list[ShardStream], by: list[str], schema: pa.Schema) -> _Split:
-        return _Split(config, name, sum(s.keys.num_rows for s in streams), schema, merged(streams, by, schema))
+    def split(
+        config: str, name: str, streams: list[ShardStream], by: list[str], schema: pa.Schema, gen: bool = False
+    ) -> _Split:
+        return _Split(config, name, sum(s.keys.num_rows for s in streams), schema, merged(streams, by, schema, gen))
 
     def stored(folder: str) -> list[ShardStream]:
         return stored_streams(store, [relpath for _, relpath in shard_files(store, folder)], ["instruction_id"])
@@ -220,11 +250,23 @@ def _stored_splits(store: Store) -> tuple[list[_Split], Counter[tuple[str, str]]
         split("completions", "train", streams, record_keys, completions_features().arrow_schema),
         split("pairs", "train", stored(PAIRS), ["instruction_id"], pairs_features().arrow_schema),
         *(
-            split("binarized", name, stored(f"{BINARIZED}/{name}"), ["instruction_id"], binarized)
-            for name in CONFIG_SPLITS["binarized"]
+            split("binarized", name, stored(f"{BINARIZED}/{source}"), ["instruction_id"], binarized, gen)
+            for name, (source, gen) in _BINARIZED_SOURCES.items()
         ),
     ]
     return splits, judges
+
+
+_BINARIZED_SOURCES: dict[str, tuple[str, bool]] = {
+    "train_prefs": ("train_prefs", False),
+    "test_prefs": ("test_prefs", False),
+    "train_sft": ("train_prefs", False),
+    "test_sft": ("test_sft", False),
+    "train_gen": ("train_prefs", True),
+    "test_gen": ("test_sft", True),
+}
+"""Each published binarized split: the stored split folder it streams, and whether its messages are
+cut before the final assistant message (the ``*_gen`` splits)."""
 
 
 # --------------------------------------------------------------------------- the release root
@@ -503,19 +545,40 @@ def _write_file(root: _Root, path: str | None, cursor: TableCursor, rows: int, s
     return sink.info()
 
 
+class _Observed:
+    """An ``_ArrowSize`` that also hands every row group written to ``observe`` (the changelog's
+    digests are computed as the release streams through the writer)."""
+
+    def __init__(self, size: _ArrowSize, observe: Callable[[pa.Table], None]):
+        self._size, self._observe = size, observe
+
+    def add(self, table: pa.Table) -> None:
+        self._size.add(table)
+        self._observe(table)
+
+    def total(self) -> int:
+        return self._size.total()
+
+
 def _write_files(
-    splits: Sequence[_Split], root: _Root, dest: str | None, max_rows: int
+    splits: Sequence[_Split],
+    root: _Root,
+    dest: str | None,
+    max_rows: int,
+    observe: Callable[[str, str], Callable[[pa.Table], None]] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
     """Serialise every split's files as its tables arrive; write them under ``dest`` unless None.
 
     Returns (relpath -> bytes and sha256, config -> split -> Arrow bytes). With ``dest=None`` nothing
     is written: on an object store the hashes are computed first, so a rerun of a finished build
-    uploads nothing at all.
+    uploads nothing at all. ``observe(config, split)`` gives a function that sees every row group.
     """
     info: dict[str, dict[str, Any]] = {}
     sizes: dict[str, dict[str, int]] = {}
     for split in splits:
-        size = _ArrowSize()
+        size: Any = _ArrowSize()
+        if observe is not None:
+            size = _Observed(size, observe(split.config, split.split))
         cursor = TableCursor(split.tables())
         try:
             for relpath, rows in _release_files(split.config, split.split, split.rows, max_rows):
@@ -569,6 +632,8 @@ def publish_release(
     *,
     max_shard_rows: int = 50_000,
     storage_options: Mapping[str, Any] | None = None,
+    explain_removed: Callable[[Collection[str]], Mapping[str, str]] | None = None,
+    change_notes: Sequence[str] = (),
 ) -> PublishedRelease:
     """Write the next numbered release (or return the latest one if its content is identical).
 
@@ -586,6 +651,9 @@ def publish_release(
         target_uri: another release root (a local folder or an fsspec URL such as ``s3://bucket/x``).
         max_shard_rows: rows per Parquet shard (``spec.publish.max_shard_rows``).
         storage_options: fsspec options for ``target_uri`` (default: the store's).
+        explain_removed: instruction ids the parent release had and this one lacks -> why (for the
+            changelog; default ``not_in_build``).
+        change_notes: sentences for the changelog (e.g. a quota cut that removed released rows).
     """
     if max_shard_rows < 1:
         raise ValueError(f"max_shard_rows must be >= 1, got {max_shard_rows}")
@@ -603,7 +671,7 @@ def publish_release(
         if latest is not None and latest.get("input_fingerprint") == fingerprint:
             log.info("publish: inputs unchanged since v%d, no new release", latest_version)
             return PublishedRelease(root.uri(f"v{latest_version}"), latest_version, latest, created=False)
-        splits, judge_counts = _stored_splits(store)
+        splits, judge_counts = _stored_splits(store, tables.completion_order)
     else:
         splits, judge_counts = _memory_splits(tables), _judge_counts(as_frame(tables.scored))
     judges = _judges(judge_counts)
@@ -619,8 +687,9 @@ def publish_release(
     final = root.join(f"v{version}")
     dest = root.join(f".staging-v{version}-{uuid.uuid4().hex[:12]}") if root.local else final
 
+    digests = Digests()
     try:
-        file_info, sizes = _write_files(splits, root, dest if root.local else None, max_shard_rows)
+        file_info, sizes = _write_files(splits, root, dest if root.local else None, max_shard_rows, digests.observer)
         content_hash = _content_hash(file_info, inputs_hash)
         if latest is not None and latest.get("content_hash") == content_hash:
             if root.local:
@@ -643,6 +712,7 @@ def publish_release(
             "binarized": binarized_features(),
         }
         configs, infos = _configs(counts, sizes, features)
+        changes = _changes(root, latest_version, latest, digests, explain_removed, change_notes)
         plots = render_plots(aggregate)  # beside the card, which shows them; derived from hashed inputs
         for plot in plots:
             _put(root.fs, posixpath.join(dest, plot.path), plot.png, root.local)
@@ -660,6 +730,7 @@ def publish_release(
             card_info=card_inputs,
             uri_hint=root.uri(f"v{version}"),
             plots=[(plot.path, plot.title) for plot in plots],
+            changes=changes,
         ).encode("utf-8")
         _put(root.fs, posixpath.join(dest, CARD), card, root.local)
         file_info[CARD] = {"bytes": len(card), "sha256": hashlib.sha256(card).hexdigest()}
@@ -676,6 +747,7 @@ def publish_release(
             "parent_content_hash": latest.get("content_hash") if latest else None,
             "content_hash": content_hash,
             "input_fingerprint": fingerprint,
+            "changes": changes,
             "counts": counts,
             "statistics": (aggregate or {}).get("stats"),
             "judges": judges,
@@ -692,6 +764,48 @@ def publish_release(
         raise
     log.info("publish: release v%d at %s", version, root.uri(f"v{version}"))
     return PublishedRelease(uri=root.uri(f"v{version}"), version=version, manifest=manifest, created=True)
+
+
+def _changes(
+    root: _Root,
+    parent_version: int,
+    parent: Mapping[str, Any] | None,
+    digests: Digests,
+    explain_removed: Callable[[Collection[str]], Mapping[str, str]] | None,
+    notes: Sequence[str],
+) -> dict[str, Any]:
+    """The changelog from the parent (the root's latest complete release) to the release whose
+    ``digests`` were collected: per config and split, rows added, removed, changed and unchanged
+    with their reasons (``tasks.publish.changelog``). The first release has no parent: every row is
+    new."""
+    from ultrafeedback.tasks.publish.history import read_release_columns, release_files
+
+    if parent is None:
+        return {"parent": None, "configs": None, "notes": list(notes)}
+    before = Digests()
+    for config, split in digests.splits():
+        files = release_files(dict(parent), config, split)
+        if not files and split not in parent.get("counts", {}).get(config, {}):
+            continue  # the parent had no such split (an older layout)
+        before.add(config, split, _empty_like(config))
+        for table in read_release_columns(root, parent_version, files, None, ROW_GROUP_ROWS):
+            before.add(config, split, table)
+    return {
+        "parent": parent_version,
+        "parent_content_hash": parent.get("content_hash"),
+        "configs": diff_releases(before, digests, explain_removed),
+        "notes": list(notes),
+    }
+
+
+def _empty_like(config: str) -> pa.Table:
+    """No rows of a config's schema: registers a split the parent has, also when it is empty."""
+    schema = {
+        "completions": completions_features,
+        "pairs": pairs_features,
+        "binarized": binarized_features,
+    }[config]().arrow_schema
+    return schema.empty_table()
 
 
 def _content_hash(file_info: Mapping[str, Mapping[str, Any]], inputs_hash: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ultrafeedback.records import ASPECTS, TYPED_ASPECTS, Pair
 from ultrafeedback.tasks.publish.features import binarized_features, completions_features, pairs_features
@@ -91,22 +92,24 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def completions_table(scored: pd.DataFrame | pa.Table) -> pa.Table:
+def completions_table(scored: pd.DataFrame | pa.Table, order: str = "slot") -> pa.Table:
     """ScoredCompletion rows grouped into openbmb/UltraFeedback records, one per instruction.
 
-    Completions are in slot order; ``models`` is the instruction's assigned model list (so a row
-    whose generation failed for one slot has fewer completions than models, as in the original).
-    Records are ordered by (source, id), as the original groups rows by source. Built column-wise
-    in Arrow (structs, then list offsets at instruction boundaries): 64k instructions take about a
-    second, where row-wise dicts took twenty.
+    Completions are in ``order``: their slot (``slot``), or their model id (``model``, as the
+    released openbmb/UltraFeedback rows list them; ``models`` is then sorted too). ``models`` is the
+    instruction's assigned model list (so a row whose generation failed for one slot has fewer
+    completions than models, as in the original). Records are ordered by (source, id), as the
+    original groups rows by source. Built column-wise in Arrow (structs, then list offsets at
+    instruction boundaries): 64k instructions take about a second, where row-wise dicts took twenty.
     """
-    from ultrafeedback.tasks.pairs.pairs import latest_rows
+    from ultrafeedback.tasks.pairs.pairs import latest_rows, order_column
 
     schema = completions_features().arrow_schema
-    frame = latest_rows(as_frame(scored))
+    by = order_column(order)
+    frame = latest_rows(as_frame(scored), order=order)
     if frame.empty:
         return schema.empty_table()
-    frame = frame.sort_values(["source", "instruction_id", "position", "completion_id"], kind="stable")
+    frame = frame.sort_values(["source", "instruction_id", by, "completion_id"], kind="stable")
     frame = frame.reset_index(drop=True)
     ids = frame["instruction_id"].to_numpy(dtype=object)
     starts = np.concatenate([[0], np.flatnonzero(ids[1:] != ids[:-1]) + 1])
@@ -114,14 +117,16 @@ def completions_table(scored: pd.DataFrame | pa.Table) -> pa.Table:
     list_type = schema.field("completions").type
     completions = pa.ListArray.from_arrays(offsets, _struct(frame, list_type.value_type, COMPLETION_SOURCES))
     heads = frame.iloc[starts].reset_index(drop=True)
+    if order == "model":
+        heads["models"] = [sorted(models) for models in heads["models"]]
     arrays = {name: _column(heads, column, schema.field(name).type) for name, column in INSTRUCTION_SOURCES.items()}
     arrays["completions"] = completions.cast(list_type)
     return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
 
 
-def completion_records(scored: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
+def completion_records(scored: pd.DataFrame | pa.Table, order: str = "slot") -> list[dict[str, Any]]:
     """``completions_table`` as Python dicts (one openbmb/UltraFeedback record per instruction)."""
-    return completions_table(scored).to_pylist()
+    return completions_table(scored, order).to_pylist()
 
 
 def pairs_table(pairs: Sequence[Pair] | pd.DataFrame | pa.Table) -> pa.Table:
@@ -143,3 +148,27 @@ def binarized_table(rows: Sequence[Mapping[str, Any]] | pa.Table) -> pa.Table:
     if isinstance(rows, pa.Table):
         return conform(rows, schema)
     return pa.Table.from_pylist([dict(r) for r in rows], schema=schema)
+
+
+def gen_table(table: pa.Table) -> pa.Table:
+    """Binarized rows with the final assistant message cut from ``messages`` (the H4 ``*_gen``
+    splits: prompts to generate from), column-wise: the kept messages are taken from the list
+    values and new offsets are built from the shorter lengths."""
+    index = table.schema.get_field_index("messages")
+    column = table.column(index)
+    column = column.combine_chunks()
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = column.flatten()
+    roles = pc.struct_field(values, "role").to_numpy(zero_copy_only=False)
+    ends = np.cumsum(lengths)
+    last_is_assistant = np.zeros(len(lengths), dtype=bool)
+    nonempty = lengths > 0
+    last_is_assistant[nonempty] = roles[ends[nonempty] - 1] == "assistant"
+    keep = np.ones(len(values), dtype=bool)
+    keep[ends[last_is_assistant] - 1] = False
+    new_lengths = lengths - last_is_assistant
+    offsets = np.concatenate([[0], np.cumsum(new_lengths)]).astype(np.int32)
+    kept = values.filter(pa.array(keep))
+    mask = column.is_null()
+    messages = pa.ListArray.from_arrays(pa.array(offsets), kept, mask=mask if column.null_count else None)
+    return table.set_column(index, table.field(index), messages.cast(column.type))

@@ -56,8 +56,42 @@ def card_info_for(spec: Spec, gates: dict[str, Any]) -> dict[str, Any]:
         "gates": gate_rows(gates),
         "pairs_score": spec.pairs.score,
         "binarize_rule": spec.binarize.rule,
+        "completion_order": spec.completion_order,
+        "decontaminate_sources": list(spec.binarize.decontaminate_sources),
         "spec": spec.data_dump(),
     }
+
+
+def removal_explainer(spec: Spec) -> Any:
+    """A function: instruction ids a parent release had and the new one lacks -> why. From what
+    ingest recorded about the released instructions it left out (``ingest/released_removed.json``:
+    ``quota_reduced``, ``contaminated``, ``duplicate_of``, ``missing_from_source``, ...); an id ingest
+    kept that has no scored completion is ``not_scored``; any other ``not_in_build``."""
+    from ultrafeedback.tasks.ingest.task import RELEASED_REMOVED
+
+    store = store_for(spec)
+
+    def explain(ids: Any) -> dict[str, str]:
+        recorded = (store.read_json(RELEASED_REMOVED) or {}).get("removed", [])
+        reasons = {row["id"]: row["reason"] for row in recorded}
+        kept: set[str] = set()
+        if any(ident not in reasons for ident in ids):
+            from ultrafeedback.outputs import OUTPUTS
+
+            for name in store.ls(OUTPUTS["instructions"].folder):
+                if name.endswith(".parquet"):
+                    kept.update(store.read_table(f"{OUTPUTS['instructions'].folder}/{name}", ["id"])["id"].to_pylist())
+        return {ident: reasons.get(ident, "not_scored" if ident in kept else "not_in_build") for ident in ids}
+
+    return explain
+
+
+def change_notes(spec: Spec) -> list[str]:
+    """Sentences for the changelog: each source whose quota cut instructions the last release had."""
+    from ultrafeedback.tasks.ingest.task import RELEASED_REMOVED
+
+    recorded = store_for(spec).read_json(RELEASED_REMOVED) or {}
+    return [note["text"] for note in recorded.get("notes", [])]
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -73,11 +107,12 @@ def publish_task(
     """
     logger = run_logger()
     store = store_for(spec)
-    tables = ShardedTables(aggregate=aggregated)
+    tables = ShardedTables(aggregate=aggregated, completion_order=spec.completion_order)
     card_info = card_info_for(spec, gates)
     extra = {"gate_results": gates, "build": summary}
     shard_rows = spec.publish.max_shard_rows
-    release = publish_release(store, spec.name, tables, extra, card_info, max_shard_rows=shard_rows)
+    changelog = {"explain_removed": removal_explainer(spec), "change_notes": change_notes(spec)}
+    release = publish_release(store, spec.name, tables, extra, card_info, max_shard_rows=shard_rows, **changelog)
     logger.info("publish: v%d at %s (%s)", release.version, release.uri, "new" if release.created else "unchanged")
     targets: list[dict[str, Any]] = []
     for target in spec.publish.targets:
@@ -86,7 +121,9 @@ def publish_task(
         if target.kind in ("local", "s3"):
             if not target.uri:
                 raise ValueError(f"publish target of kind {target.kind!r} needs a `uri`")
-            other = publish_release(store, spec.name, tables, extra, card_info, target.uri, max_shard_rows=shard_rows)
+            other = publish_release(
+                store, spec.name, tables, extra, card_info, target.uri, max_shard_rows=shard_rows, **changelog
+            )
             targets.append({"kind": target.kind, "uri": other.uri, "version": other.version})
         elif target.kind == "hub":
             if not target.uri:

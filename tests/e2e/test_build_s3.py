@@ -160,7 +160,7 @@ def test_build_with_an_s3_store(
     assert len(pairs) == manifest["counts"]["pairs"]["train"] > 0
     assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
     binarized = loaded["binarized"]
-    assert set(binarized) == {"train_prefs", "test_prefs"}
+    assert set(binarized) == {"train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"}
     assert {name: len(split) for name, split in binarized.items()} == manifest["counts"]["binarized"]
     assert all(len(split) > 0 for split in binarized.values())
     chosen = binarized["train_prefs"][0]["chosen"]

@@ -125,7 +125,7 @@ def check_release(uri: str) -> None:
     assert len(pairs) > 0
     assert all(p["score_chosen"] > p["score_rejected"] for p in pairs)
     binarized = datasets.load_dataset(uri, name="binarized")
-    assert set(binarized) == {"train_prefs", "test_prefs"}
+    assert set(binarized) == {"train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"}
     row = binarized["train_prefs"][0]
     assert row["chosen"][0]["role"] == "user" and row["chosen"][1]["role"] == "assistant"
 

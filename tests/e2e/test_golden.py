@@ -56,9 +56,14 @@ def test_a_build_reproduces_the_golden_release(prefect_harness, tmp_path, monkey
     counts = json.loads(Path(uri, "manifest.json").read_text())["counts"]
     rows = read_facts()["rows"]
     assert {"completions": {"train": rows["completions"]}, "pairs": {"train": rows["pairs"]}}.items() <= counts.items()
-    assert counts["binarized"] == {
-        "train_prefs": rows["binarized/train_prefs"],
-        "test_prefs": rows["binarized/test_prefs"],
+    train, test = rows["binarized/train_prefs"], rows["binarized/test_prefs"]
+    assert counts["binarized"] == {  # the sft and gen splits are derived from these two (H4's layout)
+        "train_prefs": train,
+        "test_prefs": test,
+        "train_sft": train,
+        "test_sft": test // 2,
+        "train_gen": train,
+        "test_gen": test // 2,
     }
 
 

@@ -114,7 +114,10 @@ def pairs_spec(store: str, pairs: dict[str, Any] | None = None, **binarize: Any)
         {
             "name": "unit",
             "store": store,
-            "sources": [{"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"}],
+            "sources": [
+                {"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"},
+                {"name": "truthful_qa", "loader": "jsonl", "path": "unused.jsonl"},
+            ],
             "endpoints": {"openai": {"base_url": "https://api.example.com/v1", "api_key_env": "MY_KEY_ENV"}},
             "models": [{"id": m, "backend": "embedded"} for m in MODELS[:4]],
             "pairs": pairs or {},

@@ -243,7 +243,15 @@ def test_unknown_rule_is_rejected() -> None:
 
 
 def _rows(n: int) -> list[dict]:
-    return [{"prompt_id": hashlib.sha256(f"p{i}".encode()).hexdigest(), "i": i} for i in range(n)]
+    return [
+        {
+            "prompt_id": hashlib.sha256(f"p{i}".encode()).hexdigest(),
+            "instruction_id": f"id{i:05d}",
+            "messages": [{"role": "user", "content": f"p{i}"}, {"role": "assistant", "content": "a"}],
+            "i": i,
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -103,7 +103,9 @@ def test_streaming_stage_equals_the_whole_table_functions(tmp_path: Path, per_sh
         "binarized": len(binarized),
         "splits": {split: len(rows) for split, rows in splits.items()},
         "binarize_dropped": dict(sorted(dropped.items())),
+        "contaminated": 0,
     }
+    assert list(info["splits"]) == ["train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"]
     assert store.read_json("binarized/dropped.json") == dict(sorted(dropped.items()))
     # identical rows, values and order
     assert read_pairs(store).to_dict("records") == [p.model_dump() for p in pairs]
@@ -156,8 +158,9 @@ def test_a_rerun_with_fewer_shards_leaves_no_stale_files(tmp_path: Path) -> None
 
     names = [f"shard-{n:05d}.parquet" for n in range(4)]
     assert store.ls("pairs") == names
-    assert store.ls("binarized") == ["dropped.json", "test_prefs", "train_prefs"]
+    assert store.ls("binarized") == ["contaminated.json", "dropped.json", "test_prefs", "test_sft", "train_prefs"]
     assert store.ls("binarized/train_prefs") == store.ls("binarized/test_prefs") == names
+    assert store.ls("binarized/test_sft") == names
     pairs, _, splits, _ = _whole(ROWS, spec)
     assert len(read_pairs(store)) == len(pairs) and read_binarized_splits(store) == splits
 
@@ -166,9 +169,16 @@ def test_no_scored_rows_give_empty_products(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     store = _store(spec)
     info = pairs_task.fn(spec)
-    assert info == {"pairs": 0, "binarized": 0, "splits": {"train_prefs": 0, "test_prefs": 0}, "binarize_dropped": {}}
+    splits = ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen")
+    assert info == {
+        "pairs": 0,
+        "binarized": 0,
+        "splits": dict.fromkeys(splits, 0),
+        "binarize_dropped": {},
+        "contaminated": 0,
+    }
     assert read_pairs(store).empty and list(read_pairs(store).columns) == list(Pair.model_fields)
-    assert read_binarized_splits(store) == {"train_prefs": [], "test_prefs": []}
+    assert read_binarized_splits(store) == {split: [] for split in splits}
     assert list(iter_pairs(store)) == [] and list(iter_binarized(store)) == []
 
 
@@ -209,9 +219,9 @@ def build_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = module.build_pairs
 
-    def counting(frame: pd.DataFrame, score: str = "fine_grained") -> list[Pair]:
+    def counting(frame: pd.DataFrame, score: str = "fine_grained", order: str = "slot") -> list[Pair]:
         calls.append(len(frame))
-        return real(frame, score)
+        return real(frame, score, order)
 
     monkeypatch.setattr(module, "build_pairs", counting)
     return calls

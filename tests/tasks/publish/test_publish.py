@@ -178,7 +178,12 @@ def test_release_layout_and_manifest(published) -> None:
     assert manifest["spec_hash"] == CARD_INFO["spec_hash"]
     assert manifest["counts"]["completions"] == {"train": 6}
     assert manifest["counts"]["pairs"]["train"] == len(build_pairs(_scored(), "fine_grained"))
-    assert sum(manifest["counts"]["binarized"].values()) == 6
+    binarized = manifest["counts"]["binarized"]
+    assert set(binarized) == {"train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"}
+    assert binarized["train_prefs"] + binarized["test_prefs"] == 6
+    assert binarized["train_sft"] == binarized["train_gen"] == binarized["train_prefs"]
+    assert binarized["test_sft"] == binarized["test_gen"] == binarized["test_prefs"] // 2
+    assert manifest["changes"] == {"parent": None, "configs": None, "notes": []}
     assert manifest["gates"] == CARD_INFO["gates"]
     assert manifest["statistics"]["prompts"] == 6
     for relpath, info in manifest["files"].items():
@@ -250,8 +255,8 @@ def test_card_front_matter_and_heuristic_notice(published) -> None:
     assert [c["config_name"] for c in meta["configs"]] == ["completions", "pairs", "binarized"]
     binarized = next(c for c in meta["configs"] if c["config_name"] == "binarized")
     assert {f["split"]: f["path"] for f in binarized["data_files"]} == {
-        "train_prefs": "binarized/train_prefs-*.parquet",
-        "test_prefs": "binarized/test_prefs-*.parquet",
+        split: f"binarized/{split}-*.parquet"
+        for split in ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen")
     }
     assert meta["license"] and "text-generation" in meta["task_categories"]
     from huggingface_hub import DatasetCard
@@ -416,10 +421,17 @@ def test_empty_split_is_counted_but_not_declared(store: Store) -> None:
 
     tables = _tables(_scored(1), test_size=0.5)  # one binarized row: it goes to train, test is empty
     release = publish_release(store, "unit", tables, {}, {})
-    assert release.manifest["counts"]["binarized"] == {"train_prefs": 1, "test_prefs": 0}
-    assert not list(Path(release.uri).glob("binarized/test_prefs-*"))
+    assert release.manifest["counts"]["binarized"] == {
+        "train_prefs": 1,
+        "test_prefs": 0,
+        "train_sft": 1,
+        "test_sft": 0,
+        "train_gen": 1,
+        "test_gen": 0,
+    }
+    assert not list(Path(release.uri).glob("binarized/test_*"))
     loaded = datasets.load_dataset(release.uri, name="binarized")
-    assert {split: ds.num_rows for split, ds in loaded.items()} == {"train_prefs": 1}
+    assert {split: ds.num_rows for split, ds in loaded.items()} == {"train_prefs": 1, "train_sft": 1, "train_gen": 1}
     assert "0 (empty" in (Path(release.uri) / "README.md").read_text()
 
 
@@ -487,7 +499,10 @@ def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str, la
         {
             "name": "unit",
             "store": str(tmp_path / "store"),
-            "sources": [{"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"}],
+            "sources": [
+                {"name": "evol_instruct", "loader": "jsonl", "path": "unused.jsonl"},
+                {"name": "truthful_qa", "loader": "jsonl", "path": "unused.jsonl"},
+            ],
             "endpoints": {"openai": {"base_url": "https://api.example.com/v1", "api_key_env": "MY_KEY_ENV"}},
             "models": [{"id": m, "backend": "embedded"} for m in ["m-a", "m-b", "m-c", "m-d"]],
             "binarize": {"test_size": 2, "exclude_sources": ["truthful_qa"]},
@@ -505,7 +520,15 @@ def test_stage_tasks_from_store_to_release(tmp_path: Path, dask_address: str, la
     assert aggregated["stats"]["completions"] == 24 and store.read_json(AGGREGATE_JSON) == aggregated
     info = pairs_task.fn(spec)
     assert info["pairs"] == len(read_pairs(store)) == aggregated["stats"]["pairs"]
-    assert info["binarized"] == 5 and info["splits"] == {"train_prefs": 3, "test_prefs": 2}
+    assert info["binarized"] == 5
+    assert info["splits"] == {
+        "train_prefs": 3,
+        "test_prefs": 2,
+        "train_sft": 3,
+        "test_sft": 1,
+        "train_gen": 3,
+        "test_gen": 1,
+    }
     assert info["binarize_dropped"] == {"excluded_source": 1}  # truthful_qa, as H4 does
     assert all(row["chosen"][0]["role"] == "user" for row in read_binarized(store))
 

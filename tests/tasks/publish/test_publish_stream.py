@@ -232,7 +232,9 @@ def test_a_store_without_shards_publishes_an_empty_release(tmp_path: Path) -> No
     assert release.manifest["counts"] == {
         "completions": {"train": 0},
         "pairs": {"train": 0},
-        "binarized": {"train_prefs": 0, "test_prefs": 0},
+        "binarized": dict.fromkeys(
+            ("train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"), 0
+        ),
     }
     assert set(release.manifest["files"]) == {"README.md"}
 
