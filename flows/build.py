@@ -13,6 +13,7 @@ request and reads key columns and Parquet footers only.
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 import time
 import uuid
@@ -24,6 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from ultrafeedback.infra import stop
 from ultrafeedback.infra.monitor import BuildMonitor, watching
 from ultrafeedback.infra.progress import stage_bar
 from ultrafeedback.infra.store import Store
@@ -35,6 +37,10 @@ from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprin
 MAX_PARALLEL_SHARDS = 64
 PIPELINE_PREFIX = "pipeline:"
 """The summary's wall time of a group of overlapping stages, keyed ``pipeline:generate+annotate+score``."""
+
+
+class BuildStopped(Exception):
+    """The run was stopped (``infra.stop``): what arrived is stored, nothing is published."""
 
 
 class BuildSummary:
@@ -258,7 +264,7 @@ def shard_task(spec: Spec, stage: str, shard: int, run_id: str) -> Any:
     with watching(run_id, stage, shard):  # start, live progress and end in the Prefect UI
         report: ShardReport = current.run_shard(run, shard)
     gates = {}
-    for gate in current.gates if not report.waiting else ():
+    for gate in () if report.stopped else current.gates if not report.waiting else ():
         result = gate_unit(run, gate, shard)
         gates[gate.suite] = None if result is None else result.to_dict()
     from ultrafeedback.infra.budget import for_store as budget_for
@@ -297,7 +303,14 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
     next stage as soon as it leaves the previous one; ``execution.parallel_shards`` shards are in
     the pipeline at once. Reports reach the summary as they arrive. When a shard task crashes no
     new shard starts, the running ones finish their current stage (their results are kept) and
-    the first crash is raised. Returns stage -> suite -> the shards' gate results."""
+    the first crash is raised. Returns stage -> suite -> the shards' gate results.
+
+    When the run stops (``infra.stop``: Ctrl-C, SIGTERM, a cancel from the Prefect UI) no shard
+    starts any more and no shard enters its next stage; the running ones stop sending, keep what
+    arrived within the grace period and report the calls they made; then the stop is raised:
+    ``BuildStopped``, or the interrupt that stopped it (Prefect's ``TerminationSignal`` of a cancel,
+    re-raised so that Prefect marks the run cancelled)."""
+    from prefect.exceptions import TerminationSignal
     from prefect.futures import as_completed
 
     from ultrafeedback.expectations.gate import GateResult
@@ -307,14 +320,20 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
     gates: dict[str, dict[str, list[Any]]] = {stage.name: {} for stage in group}
     spans: dict[str, list[float]] = {}
     crash: BaseException | None = None
+    interrupt: BaseException | None = None
     active = 0
 
     def submit(shard: int, index: int) -> None:
         spans.setdefault(group[index].name, [time.monotonic(), 0.0])
         running[shard_task.submit(run.spec, group[index].name, shard, run.run_id)] = (shard, index)
 
-    while running or (queue and crash is None):
-        while queue and crash is None and active < run.spec.execution.parallel_shards:
+    def going() -> bool:
+        return crash is None and not stop.requested()
+
+    def step() -> None:
+        """Start what may start, then take the next finished shard."""
+        nonlocal crash, active
+        while queue and going() and active < run.spec.execution.parallel_shards:
             shard = queue.pop(0)
             if _pipeline_done(run, group, shard):  # nothing to do: no task, the kept gate results
                 for stage in group:
@@ -324,29 +343,50 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
             submit(shard, 0)
             active += 1
         if not running:
-            continue
+            return
         finished = next(as_completed(list(running)))
         shard, index = running.pop(finished)
         spans[group[index].name][1] = time.monotonic()
         try:
             data = _report_of(finished)
+        except (KeyboardInterrupt, TerminationSignal):
+            raise
         except BaseException as exc:  # noqa: BLE001 - re-raised once the running shards are done
             crash = crash or exc
             active -= 1
-            continue
+            return
         summary.add_reports([data])
         for suite, result in (data.get("gates") or {}).items():
             gates[group[index].name].setdefault(suite, []).append(None if result is None else GateResult(**result))
-        if index + 1 < len(group) and not data.get("waiting") and crash is None:
+        if index + 1 < len(group) and not data.get("waiting") and going() and not data.get("stopped"):
             submit(shard, index + 1)
         else:
             active -= 1
+
+    with stop.graceful():
+        while running or (queue and going()):
+            try:
+                step()
+            except (KeyboardInterrupt, TerminationSignal) as exc:
+                # an interrupt raised here (a deployment run's SIGTERM, a lost lease's SIGINT): stop as a
+                # command-line Ctrl-C does; a second one (the stop was already on) stops at once
+                name = signal.Signals(getattr(exc, "signal", signal.SIGINT)).name
+                if interrupt is not None or not stop.request(f"interrupted ({name})"):
+                    raise
+                interrupt = exc
+                get_run_logger().warning(
+                    "%s: stopping: no new request; the requests on the wire get %g s", stop.reason(), stop.grace_s()
+                )
     for name, (started, ended) in spans.items():
         summary.span(name, started, ended)
     if len(spans) > 1:  # the stages overlapped: the pipeline's own wall time as well
         summary.span(
             PIPELINE_PREFIX + "+".join(spans), min(s for s, _ in spans.values()), max(e for _, e in spans.values())
         )
+    if interrupt is not None:
+        raise interrupt
+    if stop.requested():
+        raise BuildStopped(stop.reason() or "stopped")
     if crash is not None:
         raise crash
     return gates
@@ -355,15 +395,27 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
 # --------------------------------------------------------------------------- the build
 
 
-def run_build(spec: Spec) -> str:
+def run_build(spec: Spec) -> Any:
     """Hold the dataset's lease (``infra.lease``; one run writes a dataset at a time), then build.
-    The CLI takes the lease before Prefect starts; this takes it for deployment runs."""
+    The CLI takes the lease before Prefect starts; this takes it for deployment runs.
+
+    Returns the release's URI, or a Cancelled state when the run was stopped (``infra.stop``):
+    the flow run ends Cancelled, and a caller of the flow gets ``prefect.exceptions.CancelledRun``."""
     from prefect.runtime import flow_run
+    from prefect.states import Cancelled
 
     from ultrafeedback.infra.lease import dataset_lease
 
-    with dataset_lease(store_for(spec), run_id=f"flow-run-{flow_run.id}", notify=get_run_logger().warning):
-        return _build_leased(spec)
+    stop.reset()  # a new build: no stop yet, with this spec's grace period
+    stop.configure(spec.execution.stop_grace_s)
+    try:
+        with (
+            stop.own_sigterm(),
+            dataset_lease(store_for(spec), run_id=f"flow-run-{flow_run.id}", notify=get_run_logger().warning),
+        ):
+            return _build_leased(spec)
+    except BuildStopped as exc:
+        return Cancelled(message=f"{exc}: the calls made are in the build summary; what arrived is stored")
 
 
 def _build_leased(spec: Spec) -> str:
@@ -377,6 +429,9 @@ def _build_leased(spec: Spec) -> str:
 
     prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     check_backends(spec)  # a missing API key too
+    from ultrafeedback.tasks.publish.hub import PushFailed, check_hub_targets
+
+    check_hub_targets(spec)  # and a Hub target that could not be pushed to (no token, a refused one, ...)
     store = store_for(spec)
     for name in store.ls("gates"):  # stage results describe the current run only (shard results are reused)
         if name.endswith(".json"):
@@ -401,7 +456,10 @@ def _build_leased(spec: Spec) -> str:
         Run.forget(run_id)
         budget.deactivate(store)
         _report(spec, store, summary, run.facts.get("release"), stopped)
-    return run.facts["release"]["uri"]
+    release = run.facts["release"]
+    if release.get("failed_targets"):  # published to the store, not pushed: the run says so and fails
+        raise PushFailed(release, release["failed_targets"])
+    return release["uri"]
 
 
 def _groups(all_stages: list[Stage]) -> list[list[Stage]]:
@@ -519,13 +577,23 @@ def _report(
     text = summary.render(spec)
     if release is not None:
         text += f"\nrelease:   v{release['version']} {release['uri']}"
+        for failure in release.get("failed_targets") or []:
+            text += (
+                f"\npush:      hub:{failure['repo']} FAILED ({failure['error']}); the release is kept: "
+                "`ultrafeedback publish SPEC` pushes it again"
+            )
+    elif stop.requested():
+        text += (
+            f"\nrelease:   none: {stop.reason()}: the calls above were made and the answers that arrived are "
+            "stored; the next run sends only what is missing"
+        )
     else:
         reason = f"{type(stopped).__name__}: {str(stopped).splitlines()[0] if str(stopped) else ''}"
         text += f"\nrelease:   none: the run stopped ({reason})"
     print(text, file=sys.stderr)
     data = summary.to_dict(spec)
     data["release"] = release["uri"] if release else None
-    data["stopped"] = None if stopped is None else f"{type(stopped).__name__}: {stopped}"
+    data["stopped"] = None if stopped is None else stop.reason() or f"{type(stopped).__name__}: {stopped}"
     try:
         store.write_json("runs/last.json", data)
     except Exception as exc:  # noqa: BLE001 - never mask why the run stopped

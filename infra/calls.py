@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ultrafeedback.infra import stop
 from ultrafeedback.infra.journal import Journal, JournalReplay, run_journaled
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
 
@@ -37,13 +38,19 @@ def run_calls(
 
     replayed = 0
     remaining = list(requests)
-    while remaining:
-        admitted, remaining = budget.admit(remaining)
-        if admitted:
-            replayed += run_journaled(backend, admitted, settled, journal, replay)
-        elif budget.stopped:
-            budget.hold_back(len(remaining))
-            break
-        else:  # what is in flight (other shards' calls) must answer first
-            time.sleep(0.05)
+    try:
+        while remaining:
+            admitted, remaining = budget.admit(remaining)
+            if admitted:
+                replayed += run_journaled(backend, admitted, settled, journal, replay)
+            elif budget.stopped:
+                budget.hold_back(len(remaining))
+                break
+            else:  # what is in flight (other shards' calls) must answer first
+                stop.check()
+                time.sleep(0.05)
+    except stop.Stopped as exc:  # the run stops (infra.stop): the waves not admitted are not sent either
+        exc.unsent += len(remaining)
+        exc.replayed += replayed
+        raise
     return replayed

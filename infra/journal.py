@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
+from ultrafeedback.infra.stop import Stopped
 from ultrafeedback.infra.store import Store
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ def run_journaled(
 ) -> int:
     """``backend.run`` with a journal: requests with a journalled answer get it back without a call;
     the others are sent and each answer is journalled as it arrives, before ``on_result`` sees it.
-    Returns how many requests were answered from the journal."""
+    Returns how many requests were answered from the journal (a ``Stopped`` the backend raises
+    carries it as ``replayed``)."""
     if journal is None:
         backend.run(list(requests), on_result)
         return 0
@@ -166,13 +168,17 @@ def run_journaled(
     def record(result: LLMResult) -> None:
         journal.record(result, models.get(result.key, ""))
 
-    if getattr(backend, "records_arrivals", False):  # journalled on its I/O loop, as responses are read
-        backend.run(to_send, on_result, on_arrival=record)
-    else:
+    try:
+        if getattr(backend, "records_arrivals", False):  # journalled on its I/O loop, as responses are read
+            backend.run(to_send, on_result, on_arrival=record)
+        else:
 
-        def journaled(result: LLMResult) -> None:
-            record(result)
-            on_result(result)
+            def journaled(result: LLMResult) -> None:
+                record(result)
+                on_result(result)
 
-        backend.run(to_send, journaled)
+            backend.run(to_send, journaled)
+    except Stopped as exc:
+        exc.replayed += replayed
+        raise
     return replayed

@@ -90,7 +90,7 @@ class Run:
 
                 # spawn: a fork of a process with an event loop, Prefect and Dask threads is unsafe
                 context = multiprocessing.get_context("spawn")
-                self._worker_pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+                self._worker_pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
             return self._worker_pool
 
     def offload(self, function: Callable[..., Any], *args: Any) -> Any:
@@ -195,6 +195,21 @@ class Run:
             return self._shared[key]
 
 
+def _init_worker() -> None:
+    """A run's worker process ignores Ctrl-C (the terminal signals the whole process group) and a
+    cancel's SIGTERM (Prefect signals the flow run's process group): they are for the run's
+    process, which stops gracefully and then shuts its workers down; a worker killed by them would
+    fail the validation it runs with a broken pool and a traceback. It also exits without a last
+    full garbage collection (``fast_exit``)."""
+    import signal
+
+    from ultrafeedback.infra.stop import fast_exit
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    fast_exit()
+
+
 class RequestKey(NamedTuple):
     """A request's key columns."""
 
@@ -263,6 +278,15 @@ class ShardReport:
     """calls in Batch API batches that are still running: the shard is not done, the flow asks again later"""
     batches: list[dict[str, Any]] = field(default_factory=list)
     """the shard's Batch API batches (id, status, counts), for the flow's artifact"""
+    stopped: bool = False
+    """the run stopped (``infra.stop``) before the shard was done: ``issued`` counts the calls made"""
+
+    def stopped_by(self, exc: Any) -> None:
+        """A backend call that the run's stop (``infra.stop.Stopped``) cut short: the answers it
+        took from the journal, and its requests that were never sent (no longer ``issued``)."""
+        self.stopped = True
+        self.replayed += exc.replayed
+        self.issued -= exc.unsent
 
     def add_batches(self, session: Any) -> None:
         """Count a batch session's waiting calls (``infra.llm.batch.BatchSession``) and list its batches."""
@@ -279,8 +303,12 @@ class ShardReport:
     def as_state(self, extra: dict[str, Any] | None = None) -> Any:
         """The report (plus ``extra``) as the shard task's result: a Failed state with it as its
         data when units failed, so the Prefect UI marks the shard failed while the flow goes on to
-        its gate."""
+        its gate; a Cancelled one when the run stopped before the shard was done."""
         data = {**self.to_dict(), **(extra or {})}
+        if self.stopped:
+            from prefect.states import Cancelled
+
+            return Cancelled(message=f"shard {self.shard}: stopped after {self.issued} {self.stage} calls", data=data)
         if not self.failed:
             return data
         from prefect.states import Failed
@@ -306,6 +334,7 @@ class ShardReport:
             "replayed": self.replayed,
             "waiting": self.waiting,
             "batches": self.batches,
+            "stopped": self.stopped,
         }
 
 

@@ -10,6 +10,8 @@ Exit codes (scripts may rely on them):
      when the wait timed out); also when a run lost its lease to another and stopped
   5  the run reached execution.max_cost_usd: calls were held back, what was done is kept (a rerun with a
      higher cap continues)
+  6  the release was published to the store, but pushing it to a Hub target failed (it is kept;
+     `ultrafeedback publish SPEC` pushes it again)
   130 interrupted (Ctrl-C or SIGTERM)
 """
 
@@ -22,6 +24,7 @@ from pathlib import Path
 
 EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_GATE, EXIT_LEASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_BUDGET = 5
+EXIT_PUSH = 6
 
 
 def demo_spec() -> Path:
@@ -83,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build UltraFeedback-style preference datasets from a spec file.",
         epilog="Exit codes: 0 ok, 1 unexpected error, 2 bad spec or input, 3 a quality gate failed (or the judge's "
         "circuit breaker opened), "
-        "4 another run holds the dataset's lease, 130 interrupted.",
+        "4 another run holds the dataset's lease, 5 the cost cap was reached, 6 published to the store but a Hub "
+        "push failed, 130 interrupted.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -124,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_spec_args(p)
     p.add_argument("--tokenizer", default=None, help="count prompt tokens with this tokenizer (default o200k_base)")
+    p = sub.add_parser(
+        "publish",
+        help="push a release in the store (the latest, or --version N) to the spec's Hub targets (publish.targets "
+        "kind: hub): again after a push that failed, or to a new repo; checks the token and the repo first",
+    )
+    _add_spec_args(p)
+    p.add_argument("--version", type=int, default=None, metavar="N", help="the release to push (default: the latest)")
     p = sub.add_parser("status", help="stage counts, failures by reason, gate results and releases")
     _add_spec_args(p)
     p.add_argument("--failures", type=int, default=5, metavar="N", help="failures to list per stage")
@@ -144,9 +155,18 @@ def _run_build(spec_path: str, overrides: list[str], wait_s: float, command: str
 
     store = store_for(spec)
     store.probe()  # an unwritable store or a wrong key: exit 2 now, not after Prefect started
-    from ultrafeedback.infra.lease import dataset_lease, stop_on_sigterm
+    if any(target.kind == "hub" for target in spec.publish.targets):
+        from ultrafeedback.tasks.publish.hub import check_hub_targets
 
-    stop_on_sigterm()  # SIGTERM unwinds like Ctrl-C: the dataset's lease is released on the way out
+        check_hub_targets(spec)  # no token, a token the Hub refuses, a repo it cannot write: exit 2 now
+    from ultrafeedback.infra import stop
+    from ultrafeedback.infra.lease import dataset_lease
+
+    # Ctrl-C and SIGTERM stop the run (infra.stop): while shards run, no new request starts, those on the
+    # wire get execution.stop_grace_s, what arrived is stored and the summary says what was spent (exit
+    # 130); elsewhere they interrupt at once. Either way the dataset's lease is released on the way out.
+    stop.install_signal_handlers()
+    stop.shield_local_prefect_server()
     # one run writes a dataset at a time: a second one stops (exit 4) or waits here, before Prefect starts;
     # the flow finds this process holding the lease and keeps it
     with dataset_lease(store, wait_s=wait_s, notify=lambda message: print(message, file=sys.stderr, flush=True)):
@@ -158,7 +178,44 @@ def _run_build(spec_path: str, overrides: list[str], wait_s: float, command: str
     return EXIT_OK
 
 
+def _publish(spec_path: str, overrides: list[str], version: int | None) -> int:
+    """``ultrafeedback publish``: push a stored release to the spec's Hub targets."""
+    from ultrafeedback.spec import load_spec
+    from ultrafeedback.tasks.common import store_for
+    from ultrafeedback.tasks.publish.hub import PushFailed, check_hub_targets, push_failure, push_release
+    from ultrafeedback.tasks.publish.publish import list_releases
+
+    spec = load_spec(spec_path, overrides)
+    targets = [target for target in spec.publish.targets if target.kind == "hub"]
+    if not targets:
+        print(f"error: {spec_path}: no publish target of kind hub in publish.targets", file=sys.stderr)
+        return EXIT_INPUT
+    store = store_for(spec)
+    releases = {release["version"]: release for release in list_releases(store)}
+    chosen = max(releases, default=None) if version is None else version
+    if chosen not in releases:
+        have = ", ".join(f"v{n}" for n in sorted(releases)) or "none"
+        print(f"error: no release {'' if chosen is None else f'v{chosen} '}in {store.uri()} (releases: {have})",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INPUT
+    check_hub_targets(spec)
+    release, failures = releases[chosen], []
+    for target in targets:
+        try:
+            pushed = push_release(release["uri"], chosen, target, store.storage_options)
+        except Exception as exc:  # noqa: BLE001 - reported, with every other target's outcome
+            failures.append(push_failure(target, exc))
+        else:
+            print(f"hub:{target.uri} v{chosen}: {pushed['uri']}", flush=True)
+    if failures:
+        raise PushFailed(release, failures)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ultrafeedback.infra.stop import fast_exit
+
+    fast_exit()  # seconds less at exit (a build imports Prefect, pandas, pyarrow)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulate":  # the simulator parses its own options (and --help)
         from ultrafeedback.infra.simulator.server import main as simulate
@@ -194,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             from ultrafeedback.status import print_status
 
             return print_status(args.spec, args.overrides, args.failures)
+        if args.command == "publish":
+            return _publish(args.spec, args.overrides, args.version)
         if args.command == "retry-failed":
             from ultrafeedback.status import print_status
 
@@ -208,11 +267,21 @@ def main(argv: list[str] | None = None) -> int:
         for line in getattr(exc, "lines", None) or [str(exc)]:  # a contradiction per line, each standing alone
             print(f"error: {line}", file=sys.stderr)
         return EXIT_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - mapped to exit codes below
         return _report_failure(exc)
+
+
+def _is_cancelled_run(exc: Exception) -> bool:
+    """Prefect's ``CancelledRun`` (a flow that returned Cancelled); without importing Prefect when
+    the failure came before it was (a check that fails before Prefect starts must not start it)."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.exceptions import CancelledRun
+
+    return isinstance(exc, CancelledRun)
 
 
 def _report_failure(exc: Exception) -> int:
@@ -223,6 +292,9 @@ def _report_failure(exc: Exception) -> int:
     from ultrafeedback.tasks.annotate.judge import JudgeCircuitOpen
     from ultrafeedback.tasks.ingest.loaders import IngestError
 
+    if _is_cancelled_run(exc):  # the run was stopped (infra.stop): the summary above says what was spent
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if isinstance(exc, GateFailed):
         print(
             f"error: {exc}\nthe run stopped at this gate; nothing was published. The thresholds are the spec's "
@@ -241,9 +313,14 @@ def _report_failure(exc: Exception) -> int:
     if isinstance(exc, LeaseHeld | LeaseLost):
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_LEASE
-    if isinstance(exc, IngestError | MissingAPIKeyError | StoreUnavailable):
+    from ultrafeedback.tasks.publish.hub import HubUnavailable, PushFailed
+
+    if isinstance(exc, IngestError | MissingAPIKeyError | StoreUnavailable | HubUnavailable):
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    if isinstance(exc, PushFailed):
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_PUSH
     import traceback
 
     traceback.print_exception(exc, file=sys.stderr)

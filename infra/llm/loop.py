@@ -15,6 +15,8 @@ All of their HTTP requests run here, on one loop (DESIGN §5), so an endpoint's 
   interpreter exit, after every non-daemon thread has ended, the runs still going (daemon
   threads') are cancelled, the sessions closed and the thread joined; ``shutdown()`` does the
   same on demand, and the next use starts a fresh loop.
+- When the run stops (``infra.stop``), the loop tells every subscriber (``on_stop``, on the loop):
+  a backend's run then starts no new request and abandons those on the wire at the stop's deadline.
 - Host names are resolved on threads of our own, not the default executor: once the interpreter
   begins to exit, the default executor refuses new work ("cannot schedule new futures after
   interpreter shutdown"), while non-daemon shard threads may still be sending requests.
@@ -32,6 +34,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from ultrafeedback.infra import stop
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -39,6 +43,7 @@ __all__ = [
     "Job",
     "get_loop",
     "in_loop_thread",
+    "on_stop",
     "open_sessions",
     "retire_session",
     "shared_session",
@@ -100,6 +105,7 @@ class _IOThread:
         self.loop.io = self
         self.sessions: dict[str, _Lease] = {}
         self.closing: set[asyncio.Task[None]] = set()
+        self.stop_callbacks: set[Callable[[], None]] = set()
         self.stopping = False
         started = threading.Event()
         self.thread = threading.Thread(target=self._serve, args=(started,), name=_THREAD_NAME, daemon=True)
@@ -147,6 +153,13 @@ class _IOThread:
         task = self.loop.create_task(lease.session.close())
         self.closing.add(task)
         task.add_done_callback(self.closing.discard)
+
+    def run_stopped(self) -> None:
+        for callback in list(self.stop_callbacks):
+            try:
+                callback()
+            except Exception as exc:  # noqa: BLE001 - the other subscribers must hear of it too
+                log.warning("LLM I/O loop: a stop callback failed: %r", exc)
 
     async def drain(self) -> None:
         """Cancel every run still going, then close every session."""
@@ -303,6 +316,32 @@ async def shared_session(
         io.unlease(lease)
 
 
+def on_stop(callback: Callable[[], None]) -> Callable[[], None]:
+    """On the I/O loop: call ``callback`` (on the loop; it must not block) when the run stops
+    (``infra.stop.request``). Returns the function that unsubscribes it. A stop requested before
+    the subscription is not replayed: check ``infra.stop.requested()`` after subscribing."""
+    loop = _running_io_loop()
+    if loop is None:
+        raise RuntimeError("on_stop() subscribes on the process's I/O loop (infra.llm.loop.submit)")
+    callbacks = loop.io.stop_callbacks
+    callbacks.add(callback)
+    return lambda: callbacks.discard(callback)
+
+
+def _run_stopped() -> None:
+    """``infra.stop``'s listener: tell the loop's subscribers, on the loop (from any thread)."""
+    io = _CURRENT
+    if io is None or io.pid != os.getpid() or not io.alive:
+        return
+    if in_loop_thread():
+        io.run_stopped()
+        return
+    try:
+        io.loop.call_soon_threadsafe(io.run_stopped)
+    except RuntimeError:  # closed meanwhile: nothing runs on it any more
+        pass
+
+
 def retire_session(key: str | None = None) -> None:
     """Later runs of ``key`` (of every key when None) open a fresh session; the current one is
     closed as soon as no run uses it. A no-op where no loop runs."""
@@ -375,3 +414,4 @@ def _after_fork_in_child() -> None:
 # the interpreter has joined every non-daemon thread, so no shard thread is still waiting on a run
 atexit.register(_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+stop.add_listener(_run_stopped)

@@ -21,7 +21,6 @@ import asyncio
 import email.utils
 import json
 import logging
-import os
 import queue
 import random
 import threading
@@ -32,6 +31,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from ultrafeedback.infra import stop
 from ultrafeedback.infra.llm import loop as io_loop
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
 from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
@@ -119,6 +119,23 @@ class _Outbox:
     def close(self) -> None:  # on the loop, once the run has finished
         self._send()
         self.queue.put(_DONE)
+
+
+class _Tally:
+    """One run's requests: how many went on the wire (once each, retries aside) and how many
+    results were delivered."""
+
+    __slots__ = ("delivered", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.delivered = 0
+
+    def stopped(self, total: int) -> stop.Stopped | None:
+        """The ``Stopped`` to raise when the run stopped before every result was delivered."""
+        if self.delivered >= total or not stop.requested():
+            return None
+        return stop.Stopped(unsent=total - self.sent)
 
 
 class MissingAPIKeyError(RuntimeError):
@@ -314,12 +331,17 @@ class OpenAICompatBackend:
         ones start; other runs go on) and propagates: the caller's store is then in doubt and it
         must not go on silently. Works from any thread, also one running its own event loop (a
         notebook), except the I/O loop's own (use ``arun`` there).
+
+        When the run stops (``infra.stop``) no request of it starts any more, those on the wire get
+        until the stop's deadline, and ``run`` raises ``infra.stop.Stopped`` (with how many were
+        never sent) once the results that arrived were handed to ``on_result``.
         """
         requests = list(requests)
         if not requests:
             return
         if io_loop.in_loop_thread():
             raise RuntimeError("run() on the I/O loop would wait for itself: await arun() instead")
+        stop.check(unsent=len(requests))
         outbox = _Outbox()
         deliver = outbox.add
         if on_arrival is not None:
@@ -328,7 +350,8 @@ class OpenAICompatBackend:
                 on_arrival(result)
                 outbox.add(result)
 
-        job = io_loop.submit(self._drive(requests, deliver), on_done=outbox.close)
+        tally = _Tally()
+        job = io_loop.submit(self._drive(requests, deliver, tally), on_done=outbox.close)
         try:
             while True:
                 try:
@@ -347,6 +370,9 @@ class OpenAICompatBackend:
                 log.warning("%s: an interrupted run's requests did not stop within %.0f s", self.name, _CANCEL_WAIT_S)
             raise
         job.result()
+        stopped = tally.stopped(len(requests))
+        if stopped is not None:
+            raise stopped
 
     async def arun(self, requests: Iterable[LLMRequest], on_result: ResultCallback) -> None:
         """``run`` for callers that own an event loop: ``on_result`` is called on that loop.
@@ -356,9 +382,17 @@ class OpenAICompatBackend:
         requests = list(requests)
         if not requests:
             return
+        stop.check(unsent=len(requests))
+        tally = _Tally()
         if io_loop.in_loop_thread():
-            await self._drive(requests, on_result)
-            return
+            await self._drive(requests, on_result, tally)
+        else:
+            await self._arun_elsewhere(requests, on_result, tally)
+        stopped = tally.stopped(len(requests))
+        if stopped is not None:
+            raise stopped
+
+    async def _arun_elsewhere(self, requests: list[LLMRequest], on_result: ResultCallback, tally: _Tally) -> None:
         caller = asyncio.get_running_loop()
         inbox: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -368,7 +402,7 @@ class OpenAICompatBackend:
             except RuntimeError:  # the caller's loop closed: nobody listens any more
                 pass
 
-        job = io_loop.submit(self._drive(requests, deliver), on_done=lambda: deliver(_DONE))
+        job = io_loop.submit(self._drive(requests, deliver, tally), on_done=lambda: deliver(_DONE))
         try:
             while (item := await inbox.get()) is not _DONE:
                 on_result(item)
@@ -405,18 +439,45 @@ class OpenAICompatBackend:
             connector=connector, headers={"Content-Type": "application/json"}, raise_for_status=False
         )
 
-    async def _drive(self, requests: list[LLMRequest], deliver: ResultCallback) -> None:
-        """Run ``requests`` concurrently on the I/O loop, handing each result to ``deliver``."""
+    async def _drive(self, requests: list[LLMRequest], deliver: ResultCallback, tally: _Tally) -> None:
+        """Run ``requests`` concurrently on the I/O loop, handing each result to ``deliver``.
+
+        When the run stops, the requests not on the wire (waiting for a slot, the rate limiter or a
+        retry's backoff) are cancelled at once and those on the wire at the stop's deadline."""
         # the shared limit if there is one (it may have been resized since construction), else ours
         slots = self.in_flight if self.in_flight is not None else self._own_slots
         limiter = self.limiter or self._own_limiter
+        loop = asyncio.get_running_loop()
+        stopping = loop.create_future()
+        unsubscribe = io_loop.on_stop(lambda: stopping.done() or stopping.set_result(None))
+        if stop.requested() and not stopping.done():
+            stopping.set_result(None)
+
+        def counted(result: LLMResult) -> None:
+            tally.delivered += 1
+            deliver(result)
+
+        on_wire: set[asyncio.Task[None]] = set()
         async with self._sessions() as session:
             tasks = [
-                asyncio.ensure_future(self._one(session, slots, limiter, request, deliver)) for request in requests
+                asyncio.ensure_future(self._one(session, slots, limiter, request, counted, tally, on_wire))
+                for request in requests
             ]
+            work = asyncio.gather(*tasks)
+            # retrieved here in every case: a child cancelled by a stop must not log "never retrieved"
+            work.add_done_callback(lambda done: done.cancelled() or done.exception())
             try:
-                await asyncio.gather(*tasks)
+                await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
+                if work.done():
+                    work.result()  # the first failure (a ``deliver`` that raised) ends the run
+                else:  # stopping: nothing new goes out; what is on the wire gets until the deadline
+                    for task in tasks:
+                        if task not in on_wire:
+                            task.cancel()
+                    if on_wire:
+                        await asyncio.wait(list(on_wire), timeout=stop.remaining())
             finally:
+                unsubscribe()
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -476,6 +537,8 @@ class OpenAICompatBackend:
         limiter: RateLimiter,
         request: LLMRequest,
         on_result: ResultCallback,
+        tally: _Tally,
+        on_wire: set[asyncio.Task[None]],
     ) -> None:
         try:
             path, body = request_body(request)
@@ -495,8 +558,14 @@ class OpenAICompatBackend:
             attempt += 1
             async with slots:
                 await limiter.acquire(tokens)
+                if stop.requested():  # no new request once the run stops (its results are not delivered)
+                    return
                 if started is None:
                     started = time.monotonic()
+                    tally.sent += 1
+                task = asyncio.current_task()
+                assert task is not None
+                on_wire.add(task)  # no await since the check above: a stop cancels this one at its deadline only
                 try:
                     text, finish, tokens_in, tokens_out = await (
                         self._attempt(session, url, payload, chat)
@@ -519,6 +588,8 @@ class OpenAICompatBackend:
                         )
                     )
                     return
+                finally:
+                    on_wire.discard(task)
             if failure.reason == "http_429" and failure.retry_after:
                 limiter.penalize(failure.retry_after)
             if not failure.retryable or attempt > self.max_retries:
@@ -583,23 +654,11 @@ class OpenAICompatBackend:
 
 def _api_key(name: str, endpoint: Endpoint) -> str | None:
     """The key from the endpoint's environment variable, else its Prefect Secret block."""
-    tried: list[str] = []
-    if endpoint.api_key_env:
-        value = os.environ.get(endpoint.api_key_env, "").strip()
-        if value:
-            return value
-        tried.append(f"environment variable {endpoint.api_key_env!r} is not set")
-    if endpoint.api_key_block:
-        from prefect.blocks.system import Secret
+    from ultrafeedback.infra.secrets import read_secret
 
-        try:
-            value = str(Secret.load(endpoint.api_key_block).get() or "").strip()
-        except Exception as exc:  # noqa: BLE001 - any load failure means "no key"; say which block
-            tried.append(f"Prefect Secret block {endpoint.api_key_block!r} could not be loaded ({exc})")
-        else:
-            if value:
-                return value
-            tried.append(f"Prefect Secret block {endpoint.api_key_block!r} is empty")
+    value, tried = read_secret(endpoint.api_key_env, endpoint.api_key_block)
+    if value:
+        return value
     if tried:
         raise MissingAPIKeyError(f"endpoint {name!r} needs an API key: " + "; ".join(tried))
     return None

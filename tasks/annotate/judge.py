@@ -19,6 +19,7 @@ from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
 from ultrafeedback.infra.journal import Journal, journal_root
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
 from ultrafeedback.infra.llm.batch import session_for
+from ultrafeedback.infra.stop import Stopped
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import (
     AspectAnnotation,
@@ -165,7 +166,7 @@ def annotate_shard(
             session = session_for(backend, store, ANNOTATIONS, label)  # Batch API endpoints
             budget = budget_for(store)
             _run_model(spec, jobs, parse, accept, reject, shard, report, journal, breaker, session, budget, backend)
-    if journal is not None:
+    if journal is not None and not report.stopped:
         journal.discard()  # every answer is in a checkpointed part now
     report.issued -= report.replayed  # calls made by this run
     if session is not None:
@@ -261,7 +262,11 @@ def _run_model(  # noqa: ANN001
                 retry[job.key] = job
 
         calls = [_model_request(spec, job) for job in pending.values()]
-        report.replayed += run_calls(backend, calls, on_result, journal, replay, session, budget)
+        try:
+            report.replayed += run_calls(backend, calls, on_result, journal, replay, session, budget)
+        except Stopped as exc:  # the run stops: what arrived is checkpointed, nothing more is asked
+            report.stopped_by(exc)
+            return
         if retry:
             report.issued += len(retry)
         pending = retry

@@ -14,6 +14,7 @@ from ultrafeedback.infra.checkpoint import Checkpointer, failure_log
 from ultrafeedback.infra.journal import Journal, journal_root
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult
 from ultrafeedback.infra.llm.batch import session_for
+from ultrafeedback.infra.stop import Stopped
 from ultrafeedback.infra.store import ResultLog, Store
 from ultrafeedback.records import Completion, CompletionRequest, Failure, Instruction
 from ultrafeedback.spec import Spec
@@ -193,10 +194,15 @@ def generate_shard(
                 on_progress(1)
 
         def run_batch(backend: Any, calls: list[LLMRequest]) -> None:
-            session = session_for(backend, store, STAGE, shard_label(shard))
-            sessions.append((session, len(calls)))
-            deliver = lambda result: on_result(result, backend.name)  # noqa: E731
-            replayed = run_calls(backend, calls, deliver, journal, replay, session, budget)
+            try:
+                session = session_for(backend, store, STAGE, shard_label(shard))
+                sessions.append((session, len(calls)))
+                deliver = lambda result: on_result(result, backend.name)  # noqa: E731
+                replayed = run_calls(backend, calls, deliver, journal, replay, session, budget)
+            except Stopped as exc:  # the run stops: what arrived is checkpointed, the rest is not sent
+                with lock:
+                    report.stopped_by(exc)
+                return
             with lock:
                 report.replayed += replayed
 
@@ -212,7 +218,8 @@ def generate_shard(
             with ThreadPoolExecutor(max_workers=len(batches), thread_name_prefix=f"generate-{shard}") as pool:
                 for future in [pool.submit(run_batch, *batch) for batch in remote]:
                     future.result()
-    journal.discard()  # every answer is in a checkpointed part now
+    if not report.stopped:  # (a stop may have left answers that arrived after their request was abandoned)
+        journal.discard()  # every answer is in a checkpointed part now
     for session, sent in sessions:
         if session is not None:
             session.close()

@@ -728,7 +728,8 @@ def publish_release(
             judges=judges,
             aggregate=aggregate,
             card_info=card_inputs,
-            uri_hint=root.uri(f"v{version}"),
+            # never a local absolute path (the card is published): the Hub repo, else a placeholder
+            uri_hint=card_inputs.get("hub_repo") or ("RELEASE_FOLDER" if root.local else root.uri(f"v{version}")),
             plots=[(plot.path, plot.title) for plot in plots],
             changes=changes,
         ).encode("utf-8")

@@ -10,10 +10,8 @@ from prefect.cache_policies import NO_CACHE
 
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.common import run_logger, store_for
-from ultrafeedback.tasks.publish.hub import publish_to_hub
+from ultrafeedback.tasks.publish.hub import push_failure, push_release
 from ultrafeedback.tasks.publish.publish import ShardedTables, publish_release, remove_staging
-
-HUB_TOKEN_ENV = "HF_TOKEN"
 
 
 def remove_leftovers(spec: Spec) -> list[str]:
@@ -58,8 +56,34 @@ def card_info_for(spec: Spec, gates: dict[str, Any]) -> dict[str, Any]:
         "binarize_rule": spec.binarize.rule,
         "completion_order": spec.completion_order,
         "decontaminate_sources": list(spec.binarize.decontaminate_sources),
-        "spec": spec.data_dump(),
+        "spec": without_local_paths(spec.data_dump(), spec.base_dir),
+        # only when set, so that a spec without them keeps its releases' fingerprints
+        **{key: value for key, value in card_extras(spec).items() if value},
     }
+
+
+def card_extras(spec: Spec) -> dict[str, Any]:
+    """The card's license and description (``publish``), and the Hub repo its loading example
+    names (the first Hub target): a card pushed to the Hub must not point at a local folder."""
+    hub = next((t.uri for t in spec.publish.targets if t.kind == "hub" and t.uri), None)
+    return {"license": spec.publish.license, "description": spec.publish.description, "hub_repo": hub}
+
+
+def without_local_paths(obj: Any, base_dir: str) -> Any:
+    """A copy of ``obj`` where a local absolute path (a source, a decontamination list, weights)
+    becomes relative to the spec's folder, or its file name alone when outside it: the card is
+    published, and a path of the machine that built it says nothing to its readers."""
+    from pathlib import PurePosixPath
+
+    if isinstance(obj, dict):
+        return {key: without_local_paths(value, base_dir) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [without_local_paths(value, base_dir) for value in obj]
+    if not isinstance(obj, str) or not (obj.startswith("/") or obj.startswith("file://")):
+        return obj
+    path = PurePosixPath(obj.removeprefix("file://"))
+    base = PurePosixPath(os.path.abspath(base_dir))
+    return str(path.relative_to(base)) if path.is_relative_to(base) else path.name
 
 
 def removal_explainer(spec: Spec) -> Any:
@@ -115,6 +139,7 @@ def publish_task(
     release = publish_release(store, spec.name, tables, extra, card_info, max_shard_rows=shard_rows, **changelog)
     logger.info("publish: v%d at %s (%s)", release.version, release.uri, "new" if release.created else "unchanged")
     targets: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []  # Hub pushes that failed: the release is kept, `publish` repeats them
     for target in spec.publish.targets:
         if target.kind == "store":
             continue
@@ -126,20 +151,18 @@ def publish_task(
             )
             targets.append({"kind": target.kind, "uri": other.uri, "version": other.version})
         elif target.kind == "hub":
-            if not target.uri:
-                raise ValueError("publish target of kind 'hub' needs a `uri` (the repo id)")
-            url = publish_to_hub(
-                release.uri,
-                target.uri,
-                token=os.environ.get(HUB_TOKEN_ENV),
-                private=target.private,
-                storage_options=store.storage_options,
-            )
-            targets.append({"kind": "hub", "uri": url, "version": release.version})
+            try:
+                targets.append(push_release(release.uri, release.version, target, store.storage_options))
+            except Exception as exc:  # noqa: BLE001 - the store's release stands; `ultrafeedback publish` pushes again
+                failed.append(push_failure(target, exc))
+                logger.warning(
+                    "publish: pushing v%d to hub:%s failed: %s", release.version, target.uri, failed[-1]["error"]
+                )
     return {
         "uri": release.uri,
         "version": release.version,
         "created": release.created,
         "content_hash": release.manifest.get("content_hash"),
         "targets": targets,
+        "failed_targets": failed,
     }

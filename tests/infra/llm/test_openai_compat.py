@@ -716,3 +716,75 @@ def test_run_on_the_io_loop_thread_is_refused_and_arun_works_there():
         assert job.wait(10)
         refused, ok = job.result()
     assert "await arun()" in refused and ok == 3
+
+
+# ----------------------------------------------------------------------------- stopping (infra.stop)
+@pytest.fixture
+def stopping():
+    """The stop switch with a grace period; turned off again after the test."""
+    from ultrafeedback.infra import stop
+
+    grace = stop.grace_s()
+    yield stop
+    stop.reset()
+    stop.configure(grace)
+
+
+def _run_in_thread(b: OpenAICompatBackend, requests: list[LLMRequest]) -> tuple[threading.Thread, dict]:
+    outcome: dict = {"results": []}
+
+    def target() -> None:
+        try:
+            b.run(requests, outcome["results"].append)
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def _wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize(("grace", "answered"), [(3.0, 2), (0.0, 0)], ids=["grace", "no grace"])
+def test_a_stop_sends_nothing_more_and_keeps_the_answers_that_arrive_within_the_grace(stopping, grace, answered):
+    with Simulator(SimulatorConfig(seed=5, latency_ms=400)) as sim:
+        b = backend(sim.url, max_in_flight=2)
+        thread, outcome = _run_in_thread(b, [chat_request(i) for i in range(6)])
+        _wait_for(lambda: sim.stats()["in_flight"] == 2)
+        stopping.configure(grace)
+        stopping.request("test")
+        thread.join(5)
+        assert not thread.is_alive()
+        stats = sim.stats()
+    assert stats["total"] == 2  # the two on the wire; the four waiting for a slot never went out
+    assert len(outcome["results"]) == answered and all(r.ok for r in outcome["results"])
+    error = outcome["error"]
+    assert isinstance(error, stopping.Stopped) and error.unsent == 4
+
+
+def test_a_stop_ends_a_retry_backoff_at_once(stopping):
+    with Simulator(SimulatorConfig(seed=5, rate_500=1.0)) as sim:
+        b = backend(sim.url, backoff_base_s=30.0, backoff_max_s=30.0, max_retries=5)
+        thread, outcome = _run_in_thread(b, [chat_request(0)])
+        _wait_for(lambda: sim.stats()["total"] == 1 and sim.stats()["in_flight"] == 0)
+        time.sleep(0.05)  # in its backoff now
+        started = time.monotonic()
+        stopping.request("test")
+        thread.join(5)
+        assert time.monotonic() - started < 2
+        assert sim.stats()["total"] == 1
+    assert outcome["results"] == [] and outcome["error"].unsent == 0  # sent once, never answered
+
+
+def test_a_run_that_starts_after_the_stop_sends_nothing(stopping):
+    with Simulator(SimulatorConfig(seed=5)) as sim:
+        stopping.request("test")
+        with pytest.raises(stopping.Stopped) as err:
+            backend(sim.url).run([chat_request(i) for i in range(3)], lambda result: None)
+        assert err.value.unsent == 3 and sim.stats()["total"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ultrafeedback.infra import stop
 from ultrafeedback.infra.checkpoint import failure_log
 from ultrafeedback.infra.llm.base import LLMResult
 from ultrafeedback.infra.store import Store
@@ -19,12 +20,17 @@ class FakeBackend:
     def __init__(self, reply=lambda request: f"answer to {request.key}", crash_after: int | None = None):
         self.reply = reply
         self.crash_after = crash_after
+        self.stop_after: int | None = None
         self.sent: list[str] = []
 
     def run(self, requests, on_result):
+        stop.check(unsent=len(requests))  # as the real backends do: nothing starts once the run stops
         for index, request in enumerate(requests):
             if self.crash_after is not None and index == self.crash_after:
                 raise RuntimeError("worker killed")
+            if self.stop_after is not None and len(self.sent) == self.stop_after:
+                stop.request("test")
+                raise stop.Stopped(unsent=len(requests) - index)
             self.sent.append(request.key)
             text = self.reply(request)
             on_result(LLMResult(key=request.key, text=text, finish_reason="stop", input_tokens=3, output_tokens=5))
@@ -74,6 +80,20 @@ def test_a_crash_keeps_what_was_answered_and_a_rerun_sends_only_the_rest(setup):
     assert set(backend.sent) == {r.request_id for r in requests} - done
 
 
+def test_a_stop_keeps_what_was_answered_and_reports_only_the_calls_made(setup, tmp_path):
+    spec, store, instructions, requests, backend = setup
+    backend.stop_after = 3  # the run stops after three calls (its first model's batch of four)
+    try:
+        report = generate_shard(spec, store, 0, requests, instructions)
+    finally:
+        stop.reset()
+    assert report.stopped and report.issued == 3 and report.succeeded == 3
+    assert len(store.results(STAGE, Completion, key="request_id").keys()) == 3  # checkpointed
+    assert list((tmp_path / "g" / "journal" / STAGE).glob("*.jsonl"))  # kept for the next run's replay
+    state = report.as_state()
+    assert state.is_cancelled() and state.data["stopped"] and state.data["issued"] == 3
+
+
 def test_an_empty_answer_is_a_failure_not_a_completion(setup):
     spec, store, instructions, requests, backend = setup
     empty = requests[0].request_id
@@ -83,7 +103,6 @@ def test_an_empty_answer_is_a_failure_not_a_completion(setup):
     failures = failure_log(store, STAGE).rows()
     assert [(f["key"], f["reason"]) for f in failures] == [(empty, "empty_response")]
     assert report.failed == {"empty_response": 1}
-
 
 
 def test_a_completion_carries_the_hash_of_its_text_and_refuses_another():
