@@ -25,7 +25,6 @@ import httpx
 import pytest
 import yaml
 
-from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint, sim_models
 from tests.e2e.test_deployment import (  # noqa: F401 - prefect_server is a fixture
     KEY_ENV,
     POOL,
@@ -35,6 +34,7 @@ from tests.e2e.test_deployment import (  # noqa: F401 - prefect_server is a fixt
     _deploy,
     _prefect_cli,
     _start_run,
+    _write_spec,
     prefect_server,
 )
 from tests.e2e.test_kill_resume import PROMPTS
@@ -43,6 +43,7 @@ from ultrafeedback.infra.simulator.server import Simulator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
+DATASET = "deploy-e2e"  # _write_spec's name
 GRACE_S = 2.0
 LATENCY_MS = 700
 INSTRUCTIONS = PROMPTS[:8]
@@ -52,25 +53,13 @@ FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
 
 def _spec(folder: Path, url: str, store: Path) -> Path:
+    """test_deployment's spec with more instructions, two answers at a time, and ``store``."""
+    path = _write_spec(folder, url)
     (folder / "instructions.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in INSTRUCTIONS))
-    endpoint = sim_endpoint(url, KEY_ENV)
-    endpoint["max_in_flight"] = 2  # 16 completions of 0.7 s each, two at a time: about 6 s of generation
-    spec = {
-        "name": "cancel-e2e",
-        "seed": 5,
-        "store": str(store),
-        "sources": [
-            {"name": "mixed", "loader": "jsonl", "path": "instructions.jsonl", "fields": {"instruction": "prompt"}}
-        ],
-        "endpoints": {"sim": endpoint},
-        "models": sim_models(3),
-        "completions_per_instruction": 2,
-        "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
-        "judge": dict(SIM_JUDGE),
-        "binarize": {"rule": "h4", "test_size": 0.25, "seed": 1},
-        "execution": {"shard_size": 4, "parallel_shards": 2},
-    }
-    path = folder / "spec.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["store"] = str(store)
+    spec["endpoints"]["sim"]["max_in_flight"] = 2  # 16 completions of 0.7 s each, two at a time: about 6 s
+    spec["execution"]["parallel_shards"] = 2
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -177,9 +166,9 @@ def test_a_cancel_from_the_ui_stops_spending_and_retry_completes_the_build(prefe
         late = [round(came - heard, 3) for came in _arrivals(sim) if came > heard + GRACE_S]
         assert not late, f"requests reached the simulator this long after the run heard of the cancel: {late}"
         stats = sim.stats()
-        summary = json.loads((store / "cancel-e2e" / "runs" / "last.json").read_text())
+        summary = json.loads((store / DATASET / "runs" / "last.json").read_text())
         assert sum(summary["requests_sent"].values()) == stats["total"], (summary["requests_sent"], stats)
-        stored = collect_status(Store(str(store), "cancel-e2e"))["counts"]
+        stored = collect_status(Store(str(store), DATASET))["counts"]
         assert stored["completions"] == stats["by_kind"]["generation"] < COMPLETIONS, (stored, stats)
         print(f"cancelled {took:.1f} s after the request; {stats['total']} calls, all stored")
 
@@ -197,6 +186,6 @@ def test_a_cancel_from_the_ui_stops_spending_and_retry_completes_the_build(prefe
         finally:
             worker.stop()
         assert state["type"] == "COMPLETED", f"{state}:\n{worker.output()}"
-        assert server.get(f"/flow_runs/{retry['id']}")["name"] == "cancel-e2e/retry-failed"
-        assert (store / "cancel-e2e" / "releases" / "v1" / "manifest.json").is_file()
+        assert server.get(f"/flow_runs/{retry['id']}")["name"] == f"{DATASET}/retry-failed"
+        assert (store / DATASET / "releases" / "v1" / "manifest.json").is_file()
         assert sim.stats()["by_kind"]["generation"] == COMPLETIONS - stored["completions"]
