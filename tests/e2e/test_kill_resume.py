@@ -99,18 +99,19 @@ def _kill_when(process: subprocess.Popen[str], ready: Callable[[], bool], timeou
 
 
 def paid_twice(bodies: dict[str, list[list[float | int | None]]], kills: list[float]) -> list[str]:
-    """Bodies requested again after an answer to them was delivered more than ``GRACE_S`` before
-    the kill that preceded the new request (or with no kill in between at all)."""
+    """Bodies requested again after an answer to them was delivered, unless a kill came while that
+    answer was on its way: after its request arrived and no later than ``GRACE_S`` after the answer
+    was written (a kill before the answer was written is also such a kill: the killed process's
+    socket may still take the answer, and no one reads it)."""
     found = []
     for digest, entries in bodies.items():
         entries = sorted(entries, key=lambda entry: entry[0])
-        delivered = [answered for _, answered, status in entries if status == 200 and answered is not None]
+        delivered = [(came, answered) for came, answered, status in entries if status == 200 and answered is not None]
         for came, _, _ in entries:
-            for answered in delivered:
+            for asked, answered in delivered:
                 if answered >= came:
                     continue
-                between = [k for k in kills if answered <= k <= came]
-                if not between or between[0] - answered > GRACE_S:
+                if not any(asked <= k <= came and k <= answered + GRACE_S for k in kills):
                     found.append(f"{digest[:12]}: answered at {answered:.3f}, asked again at {came:.3f}")
     return found
 
@@ -145,9 +146,11 @@ def test_killed_builds_never_ask_for_a_delivered_answer_again(prefect_harness, s
 
 def test_paid_twice_counts_only_answers_delivered_well_before_a_kill():
     bodies = {
-        "a" * 64: [[0.0, 1.0, 200], [5.0, 6.0, 200]],  # delivered 4 s before the kill at 5.0: paid twice
+        "a" * 64: [[0.0, 1.0, 200], [5.5, 6.0, 200]],  # delivered 4 s before the kill at 5.0: paid twice
         "b" * 64: [[0.0, 4.5, 200], [5.5, 6.0, 200]],  # delivered 0.5 s before it: in transit
         "c" * 64: [[0.0, 1.0, 500], [2.0, 3.0, 200]],  # a failure retried: not an answer
         "d" * 64: [[0.0, 1.0, 200], [2.0, 3.0, 200]],  # asked again with no kill in between
+        "e" * 64: [[4.0, 5.2, 200], [5.5, 6.0, 200]],  # written after the kill, to a dead client
+        "f" * 64: [[5.1, 5.3, 200], [7.0, 8.0, 200]],  # asked after the kill, answered, asked again
     }
-    assert [line[:1] for line in paid_twice(bodies, [5.0])] == ["a", "d"]
+    assert [line[:1] for line in paid_twice(bodies, [5.0])] == ["a", "d", "f"]
