@@ -207,10 +207,10 @@ def test_regex_wordpunct_tokenizer(text: str | None, tokens: int | None) -> None
 
 def test_aggregation_runs_on_a_dask_cluster_of_separate_processes(dask_address: str, scored_glob: str, result) -> None:
     with dask_client(dask_address) as remote:
-        before = remote.run(lambda dask_worker: len(dask_worker.state.log))
+        before = remote.run(lambda dask_worker: dask_worker.state.transition_counter)
         on_cluster = aggregate(scored_glob, {}, remote)
         workers = remote.run(os.getpid)
-        after = remote.run(lambda dask_worker: len(dask_worker.state.log))
+        after = remote.run(lambda dask_worker: dask_worker.state.transition_counter)
     assert on_cluster.to_dict() == result.to_dict()
     assert len(workers) == 1 and os.getpid() not in workers.values()
     assert all(after[w] > before[w] for w in after)  # the worker process computed it

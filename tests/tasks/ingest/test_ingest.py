@@ -460,9 +460,9 @@ def test_near_dedup_signs_on_a_dask_cluster_with_the_same_result(tmp_path: Path,
     local = ingest(make_spec(tmp_path, sources))
     monkeypatch.setattr(dedup, "PART_TEXTS", 100)  # several parts, put back in order
     with dask_client(dask_address) as client:
-        before = client.run(lambda dask_worker: len(dask_worker.state.log))
+        before = client.run(lambda dask_worker: dask_worker.state.transition_counter)
         remote = ingest(make_spec(tmp_path, sources, execution={"dask_address": dask_address}))
-        after = client.run(lambda dask_worker: len(dask_worker.state.log))
+        after = client.run(lambda dask_worker: dask_worker.state.transition_counter)
     assert all(after[w] > before[w] for w in after)  # signed by the worker process
     assert remote.instructions == local.instructions and remote.dropped == local.dropped
     assert remote.stats["b"]["near_duplicates"] == local.stats["b"]["near_duplicates"] > 0
