@@ -29,8 +29,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: install
 	$(BIN)/ultrafeedback demo
 
+# three processes, one test file each at a time (file-scoped fixtures stay together); the end-to-end
+# tests mostly wait on servers and subprocesses, so three fit two cores
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e and not embedded"
