@@ -70,6 +70,7 @@ def aspect_keys(
     each completion id to the hash of its response text (``keys.text_hash``), which the key carries."""
     from ultrafeedback.tasks.annotate.prompts import shuffle_order
 
+    keyed = _aspect_keyer(spec)  # the judge's part of the key, once per call (this runs per instruction)
     out = {}
     for aspect in spec.judge.aspects:
         if spec.judge.shuffle:
@@ -77,16 +78,25 @@ def aspect_keys(
         else:
             order = list(range(len(available)))
         ids = [available[i].request_id for i in order]
-        out[aspect] = (aspect_key(spec, aspect, ids, hashes), ids)
+        out[aspect] = (keyed(aspect, ids, hashes), ids)
     return out
 
 
 def aspect_key(spec: Spec, aspect: str, ids: list[str], hashes: Mapping[str, str]) -> str:
     """The annotation key of one aspect over completions ``ids`` in the order shown."""
+    return _aspect_keyer(spec)(aspect, ids, hashes)
+
+
+def _aspect_keyer(spec: Spec) -> Callable[[str, list[str], Mapping[str, str]], str]:
+    """``aspect_key`` with the spec's judge, template version and sampling computed once."""
     from ultrafeedback.tasks.annotate.prompts import TEMPLATE_VERSION
 
-    sampling = spec.judge.sampling.canonical_json()
-    return annotation_key(ids, [hashes[i] for i in ids], aspect, judge_model_id(spec), TEMPLATE_VERSION, sampling)
+    judge, sampling = judge_model_id(spec), spec.judge.sampling.canonical_json()
+
+    def keyed(aspect: str, ids: list[str], hashes: Mapping[str, str]) -> str:
+        return annotation_key(ids, [hashes[i] for i in ids], aspect, judge, TEMPLATE_VERSION, sampling)
+
+    return keyed
 
 
 def critique_key_for(spec: Spec, completion_id: str, response_hash: str) -> str:
