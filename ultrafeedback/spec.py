@@ -38,7 +38,7 @@ class Sampling(_Strict):
     cut_at: str | None = Field(
         default=None,
         description="cut each generated response at the first occurrence of this string, after stripping it (the "
-        "original cut at four newlines: \"\\n\\n\\n\\n\"); applied to the returned text, never sent to the model",
+        'original cut at four newlines: "\\n\\n\\n\\n"); applied to the returned text, never sent to the model',
     )
 
     def merged(self, override: Sampling | None) -> Sampling:
@@ -183,10 +183,17 @@ class ModelEntry(_Strict):
         "(relative to the spec file), rendered here; or `server`: send chat messages and let the server apply its "
         "template (tasks/generate/prompt_builder.py)",
     )
-    principle_placement: Literal["auto", "system", "instruction", "none"] = Field(
+    principle_placement: Literal["auto", "system", "default_system", "instruction", "none"] = Field(
         default="auto",
-        description="where the principle goes: the system message, before the instruction in the user turn, or "
-        "nowhere; auto: the system message when the template has a system role, else before the instruction",
+        description="where the principle goes: the system message (replacing the template's default), appended to "
+        "the template's default system text (default_system, as the original did for FastChat's templates), "
+        "before the instruction in the user turn, or nowhere; auto: the system message when the template has a "
+        "system role, else before the instruction",
+    )
+    principle_joiner: str | None = Field(
+        default=None,
+        description="the text between the principle and what it joins: the default system text (default_system; "
+        "default a space) or the instruction (instruction; default a blank line)",
     )
     special_tokens: dict[str, str] = Field(
         default_factory=dict, description="bos_token, eos_token, ... for the template, over the tokenizer config's"
@@ -338,9 +345,7 @@ class Execution(_Strict):
         description="stop issuing calls before this run's spent plus in-flight estimate would pass this many "
         "dollars (infra/budget.py); what was done is kept and a rerun continues",
     )
-    batch_poll_s: float = Field(
-        default=60.0, gt=0, description="seconds between looks at submitted Batch API batches"
-    )
+    batch_poll_s: float = Field(default=60.0, gt=0, description="seconds between looks at submitted Batch API batches")
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)

@@ -160,6 +160,23 @@ def _models(spec: Spec) -> list[str]:
                 f"{where}.principle_placement={entry.principle_placement}, {where}.prompt_format="
                 f"{entry.prompt_format}: a raw prompt format places the principle itself"
             )
+        if entry.principle_joiner is not None and entry.chat_template is None and entry.prompt_format != CHAT_FORMAT:
+            out.append(
+                f"{where}.principle_joiner, {where}.prompt_format={entry.prompt_format}: a raw prompt format places "
+                "the principle itself"
+            )
+        elif entry.principle_joiner is not None and entry.principle_placement in ("system", "none"):
+            out.append(
+                f"{where}.principle_joiner, {where}.principle_placement={entry.principle_placement}: the joiner goes "
+                "between the principle and the default system text or the instruction, and this placement joins "
+                "nothing (use default_system or instruction, or drop the joiner)"
+            )
+        if entry.principle_placement == "default_system" and entry.chat_template in (None, "server"):
+            out.append(
+                f"{where}.principle_placement=default_system, {where}.chat_template="
+                f"{entry.chat_template or 'unset'}: the default system text comes from a template file; name one "
+                "in chat_template, or use principle_placement: system"
+            )
         if entry.special_tokens and (entry.chat_template is None or entry.chat_template == "server"):
             out.append(
                 f"{where}.special_tokens, {where}.chat_template: special tokens fill a template file's variables, "

@@ -90,6 +90,27 @@ class ChatTemplate:
             text = text[len(bos) :]
         return text
 
+    def default_system(self) -> str:
+        """The system text the template writes when it is given no system message (``''`` when it
+        writes an empty one), found by rendering with and without a probe system message; raises
+        ChatTemplateError when the template has no system role, or writes a system block only when
+        given a system message (no default to append to)."""
+        user = {"role": "user", "content": "?"}
+        try:
+            given = self.render([{"role": "system", "content": SYSTEM_PROBE}, user])
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"{exc}: the template has no system role") from None
+        if SYSTEM_PROBE not in given:
+            raise ChatTemplateError(f"{self.name}: the template has no system role (it drops a system message)")
+        before, _, after = given.partition(SYSTEM_PROBE)
+        plain = self.render([user])
+        if len(plain) < len(before) + len(after) or not (plain.startswith(before) and plain.endswith(after)):
+            raise ChatTemplateError(
+                f"{self.name}: the template writes no default system text (its system block appears only when a "
+                "system message is given)"
+            )
+        return plain[len(before) : len(plain) - len(after)]
+
     def has_system_role(self) -> bool:
         """Whether the template shows a system message (templates without one drop it or raise)."""
         try:

@@ -3,10 +3,11 @@ endpoint overridden to it through a proxy that records what each model was sent,
 sample sources, small gates.
 
 Per open model, the prompt sent is the model's chat template applied to the principle and the
-instruction, computed here by transformers' own ``apply_chat_template`` from the tokenizer config
-the spec names: the shipped ones (``deployments/chat_templates/``), one this test writes for
-pythia-12b (a template without a system role, whose tokenizer adds BOS itself), and the server's
-template for mpt-30b-chat (chat messages). Nothing is downloaded."""
+instruction, the principle placed as the spec says (where the original put it), computed here by
+transformers' own ``apply_chat_template`` from the tokenizer config the spec names: the shipped
+ones (``deployments/chat_templates/``), one this test writes for pythia-12b (a template without a
+system role, whose tokenizer adds BOS itself), and the server's template for mpt-30b-chat (chat
+messages). Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -36,9 +37,27 @@ PYTHIA = {  # a tokenizer config of the test's own: no system role, BOS written 
 }
 
 
-def transformers_prompt(config: dict[str, Any], principle: str, instruction: str, placement: str | None) -> str:
-    """transformers' apply_chat_template with the config's template and tokens; the principle as the
-    system message when the template shows one, else before the instruction (none: left out)."""
+DEFAULT_SYSTEM = {  # what each shipped template writes without a system message (the original's FastChat texts)
+    "vicuna-v1.1.json": "A chat between a curious user and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the user's questions.",
+    "ultralm.json": "A one-turn chat between a curious user and an artificial intelligence assistant. The "
+    "assistant gives helpful, very detailed, and polite answers to the user's questions.",
+    "alpaca.json": "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.",
+    "mpt-chat.json": "- You are a helpful assistant chatbot trained by MosaicML.\n- You answer questions.\n- You are "
+    "excited to be able to help the user, but will refuse to do anything that could be considered harmful to the "
+    "user.\n- You are more than just an information source, you are also able to write poetry, short stories, and "
+    "make jokes.",
+    "falcon-instruct.json": "",
+}
+
+
+def transformers_prompt(
+    config: dict[str, Any], principle: str, instruction: str, entry: dict[str, Any], template_file: str
+) -> str:
+    """transformers' apply_chat_template with the config's template and tokens, the principle placed
+    as the entry says: the system message (auto: when the template shows one, else before the
+    instruction), appended to the template's default system text, before the instruction, or not at all."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
@@ -51,15 +70,20 @@ def transformers_prompt(config: dict[str, Any], principle: str, instruction: str
     def render(messages: list[dict[str, str]]) -> str:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    if placement is None:  # auto: does the template show a system message?
+    placement = entry.get("principle_placement", "auto")
+    if placement == "auto":  # does the template show a system message?
         try:
-            placement = "system" if "\x01probe" in render([_message("system", "\x01probe"), _user("?")]) else "user"
+            shown = "\x01probe" in render([_message("system", "\x01probe"), _user("?")])
         except Exception:  # noqa: BLE001 - jinja2's TemplateError from raise_exception
-            placement = "user"
+            shown = False
+        placement = "system" if shown else "instruction"
     if placement == "system":
         text = render([_message("system", principle), _user(instruction)])
-    elif placement == "user":
-        text = render([_user(f"{principle}\n\n{instruction}")])
+    elif placement == "default_system":
+        joined = DEFAULT_SYSTEM[template_file] + entry.get("principle_joiner", " ") + principle
+        text = render([_message("system", joined), _user(instruction)])
+    elif placement == "instruction":
+        text = render([_user(principle + entry.get("principle_joiner", "\n\n") + instruction)])
     else:
         text = render([_user(instruction)])
     bos = config.get("bos_token")
@@ -100,6 +124,7 @@ def test_paper_spec_builds_against_the_simulator(prefect_harness, tmp_path, monk
             "sources.truthful_qa.path=../data/sample_truthfulqa.csv",
             f"models.pythia-12b.chat_template={tmp_path / 'pythia'}",
             "models.mpt-30b-chat.chat_template=server",
+            "models.mpt-30b-chat.principle_placement=system",  # the server's default system text is not known here
             "gates.min_instructions=1",
             "gates.min_pairs=1",
             "binarize.test_size=0.3",
@@ -153,9 +178,9 @@ def test_paper_spec_builds_against_the_simulator(prefect_harness, tmp_path, monk
             source = tmp_path / "pythia" / "tokenizer_config.json" if model == "pythia-12b" else None
             source = source or (SPEC.parent / entry["chat_template"]).resolve()
             config = json.loads(source.read_text())
-            placement = {"none": "none"}.get(entry.get("principle_placement", ""), None)
             expected = Counter(
-                transformers_prompt(config, r.system_prompt.strip(), texts[r.instruction_id], placement) for r in mine
+                transformers_prompt(config, r.system_prompt.strip(), texts[r.instruction_id], entry, source.name)
+                for r in mine
             )
             assert {path for path, _ in bodies} == {"/v1/completions"}, model
             assert Counter(body["prompt"] for _, body in bodies) == expected, model
@@ -164,6 +189,7 @@ def test_paper_spec_builds_against_the_simulator(prefect_harness, tmp_path, monk
             assert all(r.prompt_template.startswith(f"template:{name}@") for r in mine), model
         checked.add(model)
     assert checked >= {"pythia-12b", "mpt-30b-chat", "llama-2-7b-chat"}
+    assert checked & {"ultralm-13b", "ultralm-65b"} and checked & {"vicuna-33b", "wizardlm-13b", "wizardlm-30b"}
     assert len(checked - API_MODELS) >= 8, checked  # most of the 14 open models drew a request
 
     # ---- each completion records the template that produced its prompt

@@ -67,7 +67,7 @@ def test_shipped_templates_render_as_transformers_does(path: Path):
         ("mpt-chat.json", True),
         ("starchat-beta.json", True),
         ("falcon-instruct.json", True),
-        ("alpaca.json", False),
+        ("alpaca.json", True),
         ("wizardlm-7b.json", False),
         ("oasst-pythia.json", False),
     ],
@@ -166,3 +166,30 @@ def test_the_sandbox_refuses_what_transformers_refuses(tmp_path: Path):
     path = write(tmp_path / "t.jinja", "{{ messages.__class__.__mro__ }}")
     with pytest.raises(ChatTemplateError):
         read_template(path).render([USER])
+
+
+@pytest.mark.parametrize(
+    ("name", "start", "end"),
+    [
+        (
+            "llama-2-chat.json",
+            "You are a helpful, respectful and honest assistant.",
+            "please don't share false information.",
+        ),
+        ("vicuna-v1.1.json", "A chat between a curious user", "answers to the user's questions."),
+        ("ultralm.json", "A one-turn chat between a curious user", "answers to the user's questions."),
+        ("mpt-chat.json", "- You are a helpful assistant chatbot trained by MosaicML.", "and make jokes."),
+        ("alpaca.json", "Below is an instruction that describes a task.", "appropriately completes the request."),
+        ("starchat-beta.json", "", ""),
+        ("falcon-instruct.json", "", ""),
+    ],
+)
+def test_the_default_system_text_is_what_the_template_writes_without_a_system_message(name: str, start: str, end: str):
+    text = read_template(REPO / "deployments" / "chat_templates" / name).default_system()
+    assert text.startswith(start) and text.endswith(end)
+    assert bool(text) == bool(start)
+
+
+def test_a_template_without_a_system_role_has_no_default_system_text():
+    with pytest.raises(ChatTemplateError, match="oasst-pythia.json: .*no system role"):
+        read_template(REPO / "deployments" / "chat_templates" / "oasst-pythia.json").default_system()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ultrafeedback.keys import content_key
 from ultrafeedback.records import Instruction
 from ultrafeedback.spec import SpecError, validate_dict
 from ultrafeedback.tasks.assign.assign import assign
@@ -183,3 +184,134 @@ def test_a_request_its_template_cannot_render_is_a_recorded_failure_not_a_call(t
     assert (report.issued, report.succeeded, dict(report.failed)) == (1, 1, {"prompt_template": 1})
     (failure,) = failure_log(store, STAGE).rows()
     assert (failure["key"], failure["reason"], failure["error"]) == (bad, "prompt_template", "t.jinja: not this one")
+
+
+# ---- where the original put the principle (reference §2, "Exact layouts"), with the paper spec's settings
+
+LLAMA_2_DEFAULT = (
+    "You are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. "
+    "Your answers should not include any harmful, unethical, racist, sexist, toxic, dangerous, or illegal content. "
+    "Please ensure that your responses are socially unbiased and positive in nature.\n\nIf a question does not make "
+    "any sense, or is not factually coherent, explain why instead of answering something not correct. If you don't "
+    "know the answer to a question, please don't share false information."
+)
+VICUNA_DEFAULT = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions."
+)
+ULTRALM_FIRST = (
+    "User: A one-turn chat between a curious user and an artificial intelligence assistant. The assistant gives "
+    "helpful, very detailed, and polite answers to the user's questions.</s>"
+)
+ALPACA_DEFAULT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (  # the default safety system prompt kept, the principle glued to the start of the user turn
+            {"chat_template": "llama-2-chat.json", "principle_placement": "instruction", "principle_joiner": ""},
+            f"[INST] <<SYS>>\n{LLAMA_2_DEFAULT}\n<</SYS>>\n\n{PRINCIPLE}{INSTRUCTION} [/INST]",
+        ),
+        (  # the template's default system text, a space, the principle
+            {"chat_template": "vicuna-v1.1.json", "principle_placement": "default_system"},
+            f"{VICUNA_DEFAULT} {PRINCIPLE} USER: {INSTRUCTION} ASSISTANT:",
+        ),
+        (  # a second `User:` turn on the fixed first line's string, then the lines joined by newlines
+            {
+                "chat_template": "ultralm.json",
+                "principle_placement": "default_system",
+                "principle_joiner": "</s>User: ",
+            },
+            f"{ULTRALM_FIRST}User: {PRINCIPLE}</s>\nUser: {INSTRUCTION}</s>\nAssistant: ",
+        ),
+        (  # no default system text: a space and the principle glued before `User:`
+            {"chat_template": "falcon-instruct.json", "principle_placement": "default_system"},
+            f" {PRINCIPLE}User: {INSTRUCTION}\n\nAssistant:",
+        ),
+        (
+            {"chat_template": "alpaca.json", "principle_placement": "default_system"},
+            f"{ALPACA_DEFAULT} {PRINCIPLE}\n\n### Instruction:\n{INSTRUCTION}\n\n### Response:\n",
+        ),
+        (
+            {"chat_template": "starchat-beta.json", "principle_placement": "system"},
+            f"<|system|>\n{PRINCIPLE}<|end|>\n<|user|>\n{INSTRUCTION}<|end|>\n<|assistant|>",
+        ),
+    ],
+)
+def test_the_principle_goes_where_the_original_put_it(tmp_path: Path, settings: dict[str, Any], expected: str):
+    settings = {**settings, "chat_template": str(TEMPLATES / settings["chat_template"])}
+    assert build(make_spec(tmp_path, settings)).prompt == expected
+
+
+def test_default_system_appends_to_mpts_default_system_message(tmp_path: Path):
+    spec = make_spec(
+        tmp_path, {"chat_template": str(TEMPLATES / "mpt-chat.json"), "principle_placement": "default_system"}
+    )
+    prompt = build(spec).prompt
+    assert prompt.startswith("<|im_start|>system\n- You are a helpful assistant chatbot trained by MosaicML.\n")
+    assert prompt.endswith(
+        f"make jokes. {PRINCIPLE}<|im_end|>\n<|im_start|>user\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_without_a_principle_the_default_system_text_stays_alone(tmp_path: Path):
+    spec = make_spec(
+        tmp_path, {"chat_template": str(TEMPLATES / "vicuna-v1.1.json"), "principle_placement": "default_system"}
+    )
+    assert build(spec, principle="").prompt == f"{VICUNA_DEFAULT} USER: {INSTRUCTION} ASSISTANT:"
+
+
+def test_default_system_on_a_template_without_a_default_text_is_a_spec_error(tmp_path: Path):
+    path = str(TEMPLATES / "oasst-pythia.json")  # no system role at all
+    spec = make_spec(tmp_path, {"chat_template": path, "principle_placement": "default_system"})
+    with pytest.raises(SpecError, match=r"models\[0\] \(m0\)\.principle_placement=default_system: .*no system role"):
+        builders(spec)
+    (tmp_path / "t.jinja").write_text(  # a system block only when a system message is given
+        "{% for m in messages %}{% if m.role == 'system' %}<sys>{{ m.content }}</sys>{% else %}{{ m.content }}"
+        "{% endif %}{% endfor %}"
+    )
+    spec = make_spec(tmp_path, {"chat_template": "t.jinja", "principle_placement": "default_system"})
+    with pytest.raises(
+        SpecError, match=r"principle_placement=default_system: t\.jinja: the template writes no default"
+    ):
+        builders(spec)
+
+
+def test_the_joiner_enters_the_identity_and_its_default_keeps_the_old_one(tmp_path: Path):
+    path = str(TEMPLATES / "oasst-pythia.json")
+    spec = make_spec(
+        tmp_path,
+        {"chat_template": path},
+        {"chat_template": path, "principle_placement": "instruction", "principle_joiner": PRINCIPLE_SEPARATOR},
+        {"chat_template": path, "principle_joiner": " "},
+        {"chat_template": "server", "principle_placement": "instruction", "principle_joiner": ": "},
+    )
+    recipes = builders(spec)
+    assert recipes["m0"].identity == recipes["m1"].identity != recipes["m2"].identity
+    assert (
+        recipes["m0"].identity
+        == "template:oasst-pythia.json@"
+        + content_key("prompt-template", recipes["m0"].template.digest, "instruction", PRINCIPLE_SEPARATOR)[:12]
+    )
+    assert recipes["m3"].identity == 'server+principle=instruction+joiner=": "'
+    assert build(spec, "m3").messages == [{"role": "user", "content": f"{PRINCIPLE}: {INSTRUCTION}"}]
+
+
+def test_contradicting_principle_settings_are_refused_when_the_spec_is_read(tmp_path: Path):
+    with pytest.raises(SpecError) as err:
+        make_spec(
+            tmp_path,
+            {"chat_template": "server", "principle_placement": "default_system"},
+            {"principle_placement": "system", "principle_joiner": " "},
+            {"prompt_format": "llama-2", "principle_joiner": " "},
+            {"principle_placement": "default_system"},
+        )
+    assert [line.split(":")[0] for line in str(err.value).splitlines()] == [
+        "models[0] (m0).principle_placement=default_system, models[0] (m0).chat_template=server",
+        "models[1] (m1).principle_joiner, models[1] (m1).principle_placement=system",
+        "models[2] (m2).principle_joiner, models[2] (m2).prompt_format=llama-2",
+        "models[3] (m3).principle_placement=default_system, models[3] (m3).chat_template=unset",
+    ]
