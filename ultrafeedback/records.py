@@ -197,6 +197,7 @@ class ScoredCompletion(_Record):
     system_prompt: str
     response: str
     finish_reason: str = ""
+    prompt_template: str = Field(default="", description="the template that produced the prompt (Completion's)")
     instruction_following_rating: str | None = None
     instruction_following_rationale: str | None = None
     honesty_rating: str | None = None

@@ -236,7 +236,9 @@ def render_card(
         "- `completions`: one row per instruction in the `openbmb/UltraFeedback` schema (source, "
         "instruction, models, completions with annotations, critique, overall_score and "
         'fine-grained_score; ratings are strings, honesty may be "N/A"), plus per completion '
-        "`judge_model` and `judge_kind`, and an instruction-level `id` (the content key that pairs "
+        "`judge_model`, `judge_kind` and `prompt_template` (the chat template or prompt format that built "
+        "its prompt: `template:<file>@<hash>`, `server`, `<format>@<version>`), and an instruction-level `id` "
+        "(the content key that pairs "
         "and binarized rows refer to as `instruction_id`). An aspect that was not rated has null "
         "fields.\n"
         f"- `pairs`: every non-tied pair of completions of an instruction, ranked by the "

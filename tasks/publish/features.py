@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 def completions_features() -> Features:
     """The openbmb/UltraFeedback record schema (reference §5), plus ``judge_model``/``judge_kind``
-    per completion and an instruction-level ``id``. Field order follows the published data."""
+    and ``prompt_template`` (which template built the prompt) per completion and an
+    instruction-level ``id``. Field order follows the published data."""
     from datasets import Features, List, Value
 
     text = Value("string")
@@ -36,6 +37,7 @@ def completions_features() -> Features:
         "fine-grained_score": Value("float64"),
         "judge_model": text,
         "judge_kind": text,
+        "prompt_template": text,
     }
     return Features(
         {

@@ -43,6 +43,7 @@ COMPLETION_SOURCES: dict[str, Any] = {
     "fine-grained_score": "fine_grained_score",
     "judge_model": "judge_model",
     "judge_kind": "judge_kind",
+    "prompt_template": "prompt_template",
 }
 """Each field of a published completion, by the ScoredCompletion column it is read from."""
 

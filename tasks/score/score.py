@@ -90,6 +90,7 @@ def build_scored(
                     system_prompt=request.system_prompt,
                     response=completion.response,
                     finish_reason=completion.finish_reason,
+                    prompt_template=completion.prompt_template or request.prompt_template,
                     critique=critique.critique if critique else None,
                     overall_score=critique.overall_score if critique else None,
                     fine_grained_score=fine_grained_score([r for r in ratings if r is not None]),
