@@ -9,6 +9,10 @@ to ``binarized/{train_prefs,test_prefs,test_sft}/shard-N.parquet``. The products
 the whole-table functions (``build_pairs``, ``binarize``, ``split_binarized``) on all scored rows;
 :func:`read_pairs` and :func:`read_binarized_splits` return them in that whole-table order.
 
+The shards to build are built one after the other in the flow's process, or, with
+``execution.dask_address``, as one Dask task each (``_build_shard``: the worker reads the scored
+shard and writes its products to the store; counts and keys come back).
+
 With ``binarize.decontaminate_sources``, ingest records the normalised questions of those sources
 (``ingest/benchmark_questions.json``, every record read); ``binarize`` drops the other sources'
 instructions equal to one of them and this stage lists each in ``binarized/contaminated.json``.
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -168,7 +174,6 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     store = store_for(spec)
     schema = binarized_features().arrow_schema
     rule = spec.binarize
-    order = spec.completion_order
     questions = benchmark_questions(store, spec)
     benchmark = fingerprint("benchmark", sorted(questions.items())) if questions else ""
     split_folders = [f"{BINARIZED}/{s}" for s in STORED_SPLITS]
@@ -181,6 +186,7 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
     contaminated: list[dict[str, str]] = []
     n_pairs = 0
     built: list[tuple[int, str, list[dict[bytes, bytes]] | None]] = []  # (shard, fingerprint, split footers)
+    rebuild: list[tuple[ScoredShard, str]] = []  # (shard, fingerprint) of the shards to build
     keys: dict[int, list[tuple[str, str]]] = {}  # shard -> (instruction_id, prompt_id) of its binarized rows
     instructions: list[tuple[int, pa.Array]] = []  # distinct instruction ids per shard
     for shard in scored_shards(store):
@@ -200,37 +206,17 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
             keys[shard.shard] = _keys(pa.concat_tables(split_keys))
             built.append((shard.shard, digest, split_metas))
             continue
-        scored = shard.read(store)
-        instructions.append((shard.shard, pc.unique(scored.column("instruction_id"))))
-        frame = scored.to_pandas()
-        del scored
-        pairs = build_pairs(frame, spec.pairs.score, order)
-        shard_dropped: Counter[str] = Counter()
-        shard_contaminated: list[dict[str, str]] = []
-        rows = binarize(
-            frame,
-            rule.rule,
-            rule.seed,
-            rule.exclude_sources,
-            shard_dropped,
-            order=order,
-            benchmark=questions,
-            dropped_rows=shard_contaminated,
-        )
-        meta = {
-            FINGERPRINT_META: digest,
-            DROPPED_META: json.dumps(dict(sorted(shard_dropped.items()))),
-            CONTAMINATED_META: json.dumps(shard_contaminated),
-        }
-        write_shard_file(store, f"{PAIRS}/{name}", rows_table(pairs, Pair), meta)
-        n_pairs += len(pairs)
-        dropped.update(shard_dropped)
-        contaminated += shard_contaminated
-        del pairs, frame
-        table = pa.Table.from_pylist(rows, schema=schema)
-        write_shard_file(store, f"{UNSPLIT}/{name}", table)
-        keys[shard.shard] = _keys(table)
+        rebuild.append((shard, digest))
+    for shard, digest, done in _build_shards(spec, rebuild, questions):
+        instructions.append((shard.shard, done.instructions))
+        n_pairs += done.pairs
+        dropped.update(done.dropped)
+        contaminated += done.contaminated
+        keys[shard.shard] = done.keys
         built.append((shard.shard, digest, None))
+    built.sort(key=lambda item: item[0])
+    instructions.sort(key=lambda item: item[0])
+    keys = dict(sorted(keys.items()))
     check_whole_instructions(instructions)
     del instructions
 
@@ -278,6 +264,84 @@ def pairs_task(spec: Spec) -> dict[str, Any]:
         "binarize_dropped": dict(sorted(dropped.items())),
         "contaminated": len(contaminated),
     }
+
+
+@dataclass(frozen=True)
+class _Built:
+    """What the stage keeps of one built shard (its rows are in the store)."""
+
+    pairs: int
+    dropped: dict[str, int]
+    contaminated: list[dict[str, str]]
+    keys: list[tuple[str, str]]
+    """(instruction_id, prompt_id) of its binarized rows"""
+    instructions: pa.Array
+    """its distinct instruction ids"""
+
+
+def _build_shard(spec: Spec, shard: ScoredShard, digest: str, questions: dict[str, str]) -> _Built:
+    """Build one scored shard's pairs and (unsplit) binarized rows and write them to the store; runs
+    in the flow's process or on a Dask worker (``execution.dask_address``), which opens the store
+    from the spec."""
+    from ultrafeedback.tasks.publish.features import binarized_features
+
+    store = store_for(spec)
+    rule = spec.binarize
+    name = shard_name(shard.shard)
+    scored = shard.read(store)
+    instructions = pc.unique(scored.column("instruction_id"))
+    frame = scored.to_pandas()
+    del scored
+    pairs = build_pairs(frame, spec.pairs.score, spec.completion_order)
+    dropped: Counter[str] = Counter()
+    contaminated: list[dict[str, str]] = []
+    rows = binarize(
+        frame,
+        rule.rule,
+        rule.seed,
+        rule.exclude_sources,
+        dropped,
+        order=spec.completion_order,
+        benchmark=questions,
+        dropped_rows=contaminated,
+    )
+    meta = {
+        FINGERPRINT_META: digest,
+        DROPPED_META: json.dumps(dict(sorted(dropped.items()))),
+        CONTAMINATED_META: json.dumps(contaminated),
+    }
+    write_shard_file(store, f"{PAIRS}/{name}", rows_table(pairs, Pair), meta)
+    n_pairs = len(pairs)
+    del pairs, frame
+    table = pa.Table.from_pylist(rows, schema=binarized_features().arrow_schema)
+    write_shard_file(store, f"{UNSPLIT}/{name}", table)
+    return _Built(n_pairs, dict(dropped), contaminated, _keys(table), instructions)
+
+
+def _build_shards(
+    spec: Spec, shards: list[tuple[ScoredShard, str]], questions: dict[str, str]
+) -> Iterator[tuple[ScoredShard, str, _Built]]:
+    """Build ``shards`` one after the other here, or all at once on the Dask cluster the spec names
+    (each worker reads its scored shard and writes its products to the store; only the counts and
+    keys come back)."""
+    if not shards:
+        return
+    if not spec.execution.dask_address:
+        for shard, digest in shards:
+            yield shard, digest, _build_shard(spec, shard, digest, questions)
+        return
+    from ultrafeedback.infra.dask_cluster import dask_client
+
+    with dask_client(spec.execution.dask_address) as client:
+        scattered = client.scatter(questions, broadcast=True) if questions else questions
+        futures = [
+            client.submit(
+                _build_shard, spec, shard, digest, scattered, key=f"pairs-{shard.shard}-{digest[:16]}", pure=False
+            )
+            for shard, digest in shards
+        ]
+        for (shard, digest), done in zip(shards, client.gather(futures), strict=True):
+            yield shard, digest, done
 
 
 def h4_split_counts(train: int, test: int, sft: int) -> dict[str, int]:

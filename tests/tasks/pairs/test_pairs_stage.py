@@ -432,3 +432,25 @@ def test_stage_reads_multi_chunk_shards(tmp_path: Path) -> None:
     pairs, _, splits, _ = _whole(ROWS, spec)
     assert read_pairs(store).to_dict("records") == [p.model_dump() for p in pairs]
     assert read_binarized_splits(store) == splits
+
+
+def test_shards_build_on_a_dask_cluster_of_separate_processes_with_the_same_products(
+    tmp_path: Path, dask_address: str
+) -> None:
+    from ultrafeedback.infra.dask_cluster import dask_client
+
+    local = _spec(tmp_path / "local", test_size=0.25)
+    write_scored_shards(_store(local), ROWS, 23)
+    expected = pairs_task.fn(local)
+    remote = _spec(tmp_path / "remote", test_size=0.25)
+    remote = remote.model_copy(update={"execution": remote.execution.model_copy(update={"dask_address": dask_address})})
+    write_scored_shards(_store(remote), ROWS, 23)
+    with dask_client(dask_address) as client:
+        before = client.run(lambda dask_worker: dask_worker.state.transition_counter)
+        info = pairs_task.fn(remote)
+        after = client.run(lambda dask_worker: dask_worker.state.transition_counter)
+    assert all(after[w] > before[w] for w in after)  # built by the worker process
+    assert info == expected
+    assert read_pairs(_store(remote)).equals(read_pairs(_store(local)))
+    assert read_binarized_splits(_store(remote)) == read_binarized_splits(_store(local))
+    assert pairs_task.fn(remote) == expected  # a rerun finds every shard built
