@@ -70,6 +70,12 @@ def get_context() -> AbstractDataContext:
             logging.getLogger("great_expectations").setLevel(logging.WARNING)
             logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
+            # GX fingerprints each in-memory batch (a batch marker we never read) by pickling the
+            # whole frame when it holds list cells, as every stage's table does: up to a third of
+            # a shard's validation. It skips frames over HASH_THRESHOLD bytes; none is under 0.
+            from great_expectations.execution_engine import pandas_execution_engine
+
+            pandas_execution_engine.HASH_THRESHOLD = 0
             context = gx.get_context(mode="ephemeral")
             context.variables.progress_bars = ProgressBarsConfig(globally=False)
             _context = context

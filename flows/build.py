@@ -156,17 +156,22 @@ def gate_unit(run: Run, gate: Gate, unit: Any) -> Any:
     kept = run.store.read_json(path)
     if kept and kept.get("key") == key:
         return GateResult(**kept["result"])
-    result = _validate(run, gate.suite, rows(), context)
+    result = _validate(run, gate.suite, rows, context)
     run.store.write_json(path, {"key": key, "result": result.to_dict()})
     return result
 
 
-def _validate(run: Run, suite: str, frame: Any, context: Any) -> Any:
+def _validate(run: Run, suite: str, rows: Any, context: Any) -> Any:
     """Validate in one of the run's worker processes (``execution.worker_processes``): a validation
-    is seconds of Python that would otherwise hold the interpreter lock the API event loop needs."""
+    is seconds of Python that would otherwise hold the interpreter lock the API event loop needs.
+    Rows a worker can read itself (``WorkerRows``: a file, located result parts) are read there;
+    others are read here and sent pickled."""
     from ultrafeedback.expectations.gate import run_gate
+    from ultrafeedback.tasks.stages import WorkerRows, validate_rows
 
-    return run.offload(run_gate, suite, frame, context)
+    if isinstance(rows, WorkerRows):
+        return run.offload(validate_rows, suite, rows, context)
+    return run.offload(run_gate, suite, rows(), context)
 
 
 def _finish_gate(run: Run, summary: BuildSummary, gate: Gate, results: list[Any]) -> None:

@@ -406,9 +406,36 @@ class Stage:
             output(name)  # a typo in a stage's outputs fails at import
 
 
+class WorkerRows:
+    """Gate rows that a worker process can read itself (a picklable callable, unlike a lambda): the
+    gate's validation then reads them there, instead of this process reading the table and
+    pickling it over to the worker (``validate_rows``)."""
+
+    def __call__(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FileRows(WorkerRows):
+    """A gate unit's rows that are one file."""
+
+    store: Store
+    path: str
+
+    def __call__(self) -> pd.DataFrame:
+        return self.store.read_table(self.path).to_pandas()
+
+
+def validate_rows(suite: str, rows: Callable[[], pd.DataFrame], context: Any) -> Any:
+    """``run_gate`` on the rows ``rows`` reads (in the process that validates)."""
+    from ultrafeedback.expectations.gate import run_gate
+
+    return run_gate(suite, rows(), context)
+
+
 def file_rows(run: Run, path: str) -> tuple[str, Callable[[], pd.DataFrame]]:
     """A gate unit that is one file: its fingerprint, and its rows when the gate must read them."""
-    return file_fingerprint(run.store, path), lambda: run.store.read_table(path).to_pandas()
+    return file_fingerprint(run.store, path), FileRows(run.store, path)
 
 
 def shard_file_rows(name: str) -> GateRows:

@@ -9,11 +9,14 @@ import unicodedata
 from typing import Any
 
 _SPACE = re.compile(r"\s+")
+_KEY_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, default=str)
+"""What ``json.dumps(..., sort_keys=True, ensure_ascii=False, default=str)`` uses, made once: keys
+are computed several times per call the build makes, and dumps builds an encoder each time."""
 
 
 def content_key(kind: str, *parts: Any) -> str:
     """A stable 24-hex-digit key over ``kind`` and JSON-serialisable parts."""
-    blob = json.dumps([kind, *parts], sort_keys=True, ensure_ascii=False, default=str)
+    blob = _KEY_JSON.encode([kind, *parts])
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 

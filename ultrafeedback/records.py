@@ -115,6 +115,12 @@ class AspectAnnotation(_Record):
     judge_kind: JudgeKind
     input_tokens: int = 0
     output_tokens: int = 0
+    parsed: str | None = Field(
+        default=None,
+        description="the ratings parsed from `raw` when it was stored, as JSON (tasks/annotate/parse.py: "
+        "items_json); the score join uses them while `parser_version` is the current parser's, else parses `raw`",
+    )
+    parser_version: str | None = Field(default=None, description="the aspect parser that produced `parsed`")
 
 
 class AspectRating(_Record):

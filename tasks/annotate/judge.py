@@ -32,7 +32,11 @@ from ultrafeedback.tasks.generate.generate import failure_from, shard_label
 from ultrafeedback.tasks.stages import ShardReport
 
 
-def _aspect_row(spec: Spec, job: AspectJob, raw: str, tokens: tuple[int, int]) -> AspectAnnotation:
+def _aspect_row(spec: Spec, job: AspectJob, raw: str, parsed: Any, tokens: tuple[int, int]) -> AspectAnnotation:
+    """The stored answer, with the ratings just parsed from it (the score join then need not parse
+    it again while the parser is unchanged)."""
+    from ultrafeedback.tasks.annotate.parse import items_json, parser_version
+
     return AspectAnnotation(
         annotation_key=job.key,
         instruction_id=job.instruction.id,
@@ -43,6 +47,8 @@ def _aspect_row(spec: Spec, job: AspectJob, raw: str, tokens: tuple[int, int]) -
         judge_kind=judge_kind(spec),  # type: ignore[arg-type]
         input_tokens=tokens[0],
         output_tokens=tokens[1],
+        parsed=items_json(parsed.items),
+        parser_version=parser_version(),
     )
 
 
@@ -137,7 +143,7 @@ def annotate_shard(
 
     def accept(job: AspectJob | CritiqueJob, raw: str, parsed: Any, tokens: tuple[int, int]) -> None:
         if isinstance(job, AspectJob):
-            aspects.add(_aspect_row(spec, job, raw, tokens))
+            aspects.add(_aspect_row(spec, job, raw, parsed, tokens))
         else:
             critiques.add(_critique_row(spec, job, raw, parsed, tokens))
         report.succeeded += 1

@@ -48,8 +48,12 @@ read as "no type" too; any other identifier outside 1..3 fails with ``type_out_o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 from ultrafeedback.records import ASPECTS, TYPED_ASPECTS
 
@@ -357,6 +361,29 @@ def parse_aspect(aspect: str, raw: str, n: int) -> AspectParse:
     except Exception as exc:  # a parser bug must not kill a shard: record it as data
         return AspectParse(ok=False, reason="parser_error", detail=f"{type(exc).__name__}: {exc}")
     return AspectParse(ok=True, items=items)
+
+
+@cache
+def parser_version() -> str:
+    """This parser's version: a digest of this module's source, so any change to it (a fix, a new
+    tolerated form) makes ratings stored by an earlier version be parsed again from the raw text."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def items_json(items: list[ParsedRating]) -> str:
+    """A successful parse's items as stored next to the judge's raw text (``AspectAnnotation.parsed``)."""
+    return json.dumps([[i.rating, i.rationale, i.type, i.type_rationale] for i in items])
+
+
+def stored_or_parsed(aspect: str, raw: str, n: int, parsed: str | None, version: str | None) -> AspectParse:
+    """The parse of an answer stored with its ratings: the stored items when this parser stored
+    them (and they are ``n``), else ``parse_aspect`` of the raw text. Either way the same result:
+    the stored items are what this parser returned for this raw text."""
+    if parsed is not None and version == parser_version():
+        items = [ParsedRating(rating, rationale, kind, why) for rating, rationale, kind, why in json.loads(parsed)]
+        if len(items) == n:
+            return AspectParse(ok=True, items=items)
+    return parse_aspect(aspect, raw, n)
 
 
 # --------------------------------------------------------------------------- critique

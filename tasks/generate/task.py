@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ultrafeedback.infra.progress import progress_callback
+from ultrafeedback.infra.store import Store
 from ultrafeedback.tasks.generate.generate import STAGE, generate_shard, shard_label
-from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, fingerprint
+from ultrafeedback.tasks.stages import Gate, Run, ShardReport, Stage, WorkerRows, fingerprint
 
 
 def run_generate(run: Run, shard: int) -> ShardReport:
@@ -40,9 +42,27 @@ def present_ids(run: Run, shard: int) -> list[str]:
     return [r.request_id for r in run.request_keys(shard) if r.request_id in done]
 
 
+@dataclass(frozen=True)
+class CompletionRows(WorkerRows):
+    """A shard's stored completions, read from the parts that hold them (``ResultLog.locate``), so
+    a worker process with no index of its own reads just those."""
+
+    store: Store
+    ids: list[str]
+    located: dict[str, list[str]]
+
+    def __call__(self) -> Any:
+        log = self.store.log("completions")
+        try:
+            table = log.read_located(self.located)
+        except FileNotFoundError:  # a part was compacted since it was located: locate them again
+            table = log.read_keys(self.ids)
+        return _with_every_field(table.to_pandas())
+
+
 def _gate_rows(run: Run, shard: int) -> Any:
     ids = present_ids(run, shard)
-    return fingerprint("completions", ids), lambda: _with_every_field(run.log("completions").read_keys(ids).to_pandas())
+    return fingerprint("completions", ids), CompletionRows(run.store, ids, run.log("completions").locate(ids))
 
 
 def _with_every_field(frame: Any) -> Any:

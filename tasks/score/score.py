@@ -39,7 +39,7 @@ def build_scored(
     Annotations are looked up by the key the current spec would give them, so results of an older
     template, judge or completion set are never mixed in.
     """
-    from ultrafeedback.tasks.annotate.parse import fine_grained_score, parse_aspect
+    from ultrafeedback.tasks.annotate.parse import fine_grained_score, stored_or_parsed
 
     rows: list[ScoredCompletion] = []
     assigned: dict[str, list[CompletionRequest]] = defaultdict(list)
@@ -57,7 +57,10 @@ def build_scored(
             annotation = annotations.get(key)
             if annotation is None:
                 continue
-            parsed = parse_aspect(aspect, annotation.raw, len(ids))
+            # the ratings annotate stored with the answer (parsed again only under another parser)
+            parsed = stored_or_parsed(
+                aspect, annotation.raw, len(ids), annotation.parsed, annotation.parser_version
+            )
             if not parsed.ok:
                 continue
             for completion_id, item in zip(ids, parsed.items, strict=True):

@@ -266,3 +266,18 @@ def test_row_counts_still_judge_a_table_without_rows() -> None:
 def test_an_empty_shard_leaves_the_verdict_to_the_stage_summary() -> None:
     result = run_gate("generate", pd.DataFrame(), GateContext(expected_rows=20, allowed_models=POOL, scope="shard"))
     assert result.passed and result.checks == []
+
+
+def test_a_validation_does_not_fingerprint_the_frame(
+    completions: pd.DataFrame, generate_ctx: GateContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GX's batch fingerprint pickles a frame with list cells whole (a marker no gate reads): skipped."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    get_context()
+
+    def fingerprint(df: Any) -> str:
+        raise AssertionError("the frame was fingerprinted")
+
+    monkeypatch.setattr(pandas_execution_engine, "hash_pandas_dataframe", fingerprint)
+    assert run_gate("generate", completions, generate_ctx).passed

@@ -49,3 +49,20 @@ def test_judge_keys_carry_the_hash_of_every_text_shown():
 def test_an_annotation_key_needs_a_hash_per_completion():
     with pytest.raises(ValueError, match="2 completion ids but 1 response hashes"):
         annotation_key(["a", "b"], [text_hash("x")], "honesty", "judge", "v1", "{}")
+
+
+def test_a_content_key_is_the_sha256_of_the_parts_as_json_dumps_writes_them():
+    """Keys in stores written before must be found again: the JSON behind a key is exactly
+    ``json.dumps(..., sort_keys=True, ensure_ascii=False, default=str)``."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    cases = [
+        ("rng", 42, "shuffle", "abc", "honesty", 3),
+        ("annotation/2", [["id", "hash"]], "honesty", "gpt-4", "v1", '{"temperature": 0}'),
+        ("x", {"b": 1, "a": [1.5, None, True]}, "é ünïcödé ✓", Path("/tmp/p")),
+    ]
+    for kind, *parts in cases:
+        blob = json.dumps([kind, *parts], sort_keys=True, ensure_ascii=False, default=str)
+        assert content_key(kind, *parts) == hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]

@@ -29,7 +29,7 @@ from ultrafeedback.tasks.annotate.jobs import (
     plan_shard_jobs,
 )
 from ultrafeedback.tasks.annotate.judge import JudgeCircuitOpen, ParseBreaker, annotate_shard
-from ultrafeedback.tasks.annotate.parse import parse_aspect, parse_critique
+from ultrafeedback.tasks.annotate.parse import items_json, parse_aspect, parse_critique, parser_version
 from ultrafeedback.tasks.annotate.prompts import world_knowledge
 
 JOBS = 8  # 2 instructions x (2 aspects + 2 critiques)
@@ -205,6 +205,11 @@ def test_the_judge_text_is_stored_verbatim(tmp_path, judge):
         assert row["completion_ids"] == job.completion_ids
         assert (row["judge_model"], row["judge_kind"]) == ("sim-judge", "model")
         assert (row["input_tokens"], row["output_tokens"]) == (result.input_tokens, result.output_tokens)
+        # the ratings parsed from it, stored with it for the score join
+        assert (row["parsed"], row["parser_version"]) == (
+            items_json(parse_aspect(job.aspect, row["raw"], 2).items),
+            parser_version(),
+        )
     critiques = {row["critique_key"]: row for row in logs(store)[CRITIQUES].rows()}
     assert set(critiques) == {job.key for job in jobs[1]}
     for key, row in critiques.items():

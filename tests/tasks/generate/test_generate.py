@@ -127,3 +127,21 @@ def test_response_hashes_read_the_hash_column_or_hash_old_parts(tmp_path):
     old = store.log("completions")  # a part written before the hash column existed
     old.append(pa.table({"request_id": ["old"], "instruction_id": ["i"], "model": ["m"], "response": ["stale"]}))
     assert response_hashes(store.log("completions"), ["old"]) == {"old": text_hash("stale")}
+
+
+def test_the_gate_rows_a_worker_reads_are_the_stored_completions_also_after_a_compaction(setup):
+    """The generate gate's rows travel to a worker process as where to read them (pickled), not as a
+    table; a part compacted after they were located is located again there."""
+    import pickle
+
+    from ultrafeedback.tasks.generate.task import CompletionRows
+
+    spec, store, instructions, requests, backend = setup
+    generate_shard(spec, store, 0, requests, instructions)
+    log = store.log("completions")
+    ids = [r.request_id for r in requests]
+    rows = pickle.loads(pickle.dumps(CompletionRows(store, ids, log.locate(ids))))
+    expected = log.read_keys(ids).to_pandas()
+    assert rows().equals(expected) and len(expected) == len(ids)
+    assert log.compact(min_parts=2) > 1  # the located parts are gone
+    assert sorted(rows()["request_id"]) == sorted(ids)

@@ -104,6 +104,52 @@ def test_a_missing_or_unparseable_annotation_leaves_its_aspect_null(tmp_path):
     assert ratings["i1-1"] == {"honesty": "3", "truthfulness": None}
 
 
+def with_stored_ratings(annotations, rating: str, version: str) -> dict[str, AspectAnnotation]:
+    """The annotations as annotate stores them: with ratings parsed (here: made up, ``rating`` for
+    every text) by parser ``version``."""
+    from ultrafeedback.tasks.annotate.parse import ParsedRating, items_json
+
+    return {
+        key: a.model_copy(
+            update={
+                "parsed": items_json([ParsedRating(rating, "stored", ["2"], "stored") for _ in a.completion_ids]),
+                "parser_version": version,
+            }
+        )
+        for key, a in annotations.items()
+    }
+
+
+def test_ratings_stored_by_the_current_parser_are_joined_without_parsing_the_answer_again(tmp_path):
+    from ultrafeedback.tasks.annotate.parse import parser_version
+
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    annotations = with_stored_ratings(rated(spec, inputs, lambda cid, aspect: "3"), "5", parser_version())
+    rows = build_scored(spec, inputs.instructions, inputs.requests, inputs.completions, annotations, {})
+    assert {r for ratings in ratings_by_id(rows).values() for r in ratings.values()} == {"5"}  # the stored ones
+    assert {r.truthfulness_type_rationale for r in rows} == {"stored"}
+
+
+def test_ratings_stored_by_another_parser_version_are_parsed_again_from_the_raw_answer(tmp_path):
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    annotations = with_stored_ratings(rated(spec, inputs, lambda cid, aspect: "3"), "5", "an-older-parser")
+    rows = build_scored(spec, inputs.instructions, inputs.requests, inputs.completions, annotations, {})
+    assert {r for ratings in ratings_by_id(rows).values() for r in ratings.values()} == {"3"}  # from `raw`
+
+
+def test_annotate_stores_what_the_parser_makes_of_each_answer(tmp_path):
+    from ultrafeedback.tasks.annotate.parse import items_json, parse_aspect, parser_version, stored_or_parsed
+
+    spec = make_spec(tmp_path)
+    inputs = shard_inputs()
+    for a in rated(spec, inputs, lambda cid, aspect: "4").values():
+        parsed = parse_aspect(a.aspect, a.raw, len(a.completion_ids))
+        stored = stored_or_parsed(a.aspect, a.raw, len(a.completion_ids), items_json(parsed.items), parser_version())
+        assert stored == parsed
+
+
 def test_results_under_an_older_key_are_not_joined(tmp_path):
     spec = make_spec(tmp_path)
     inputs = shard_inputs()
