@@ -525,6 +525,11 @@ def _run_groups(run: Run, summary: BuildSummary, monitor: BuildMonitor) -> None:
             logger.info("%s: %d shards", " + ".join(s.name for s in group), len(run.shards()))
             for stage in group:
                 monitor.stage_started(stage.name, len(run.shards()))
+            if run.spec.execution.pools.gpu and any(stage.name == "generate" for stage in group):
+                from ultrafeedback.flows.gpu_jobs import run_gpu_jobs
+
+                with summary.stage("gpu_jobs"):  # the open models, per model across shards, on the GPU pool
+                    run_gpu_jobs(run, summary)
             with stage_bars([s.name for s in group]):
                 from ultrafeedback.flows.batches import run_until_collected  # again while Batch API batches run
 
