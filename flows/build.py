@@ -429,6 +429,10 @@ def _build_leased(spec: Spec) -> str:
 
     prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     check_backends(spec)  # a missing API key too
+    if spec.execution.pools.gpu:  # and a GPU pool without its job deployment
+        from ultrafeedback.flows.gpu_jobs import check_gpu_pool
+
+        check_gpu_pool(spec)
     from ultrafeedback.tasks.publish.hub import PushFailed, check_hub_targets
 
     check_hub_targets(spec)  # and a Hub target that could not be pushed to (no token, a refused one, ...)

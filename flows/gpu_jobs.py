@@ -30,8 +30,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from ultrafeedback.infra import stop
 from ultrafeedback.infra.store import Store
-from ultrafeedback.tasks.generate.jobs import GpuJob, heartbeat_path, missing, plan_gpu_jobs, result_path
+from ultrafeedback.tasks.generate.jobs import (
+    FOLDER,
+    GpuJob,
+    heartbeat_path,
+    job_path,
+    missing,
+    plan_gpu_jobs,
+    result_path,
+)
 
 ENGINE_PYTHON_ENV = "ULTRAFEEDBACK_ENGINE_PYTHON"
 """The engine environment's interpreter on the GPU worker (default: the flow run's own)."""
@@ -96,6 +105,36 @@ def gpu_job(store: str, dataset: str, job_id: str, heartbeat_s: float = HEARTBEA
 # --------------------------------------------------------------------------- the dispatcher (build flow)
 
 
+class GpuPoolError(RuntimeError):
+    """The spec's GPU pool cannot take jobs: no such deployment on the Prefect API, or it is on another pool."""
+
+
+def check_gpu_pool(spec: Any) -> None:
+    """With ``execution.pools.gpu``: the job deployment exists on this Prefect API and runs on that pool
+    (checked before any work; a build on the temporary local API has no workers)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    pool, name = spec.execution.pools.gpu, spec.execution.gpu_deployment
+    if pool is None:
+        return
+    api = PREFECT_API_URL.value() or "the temporary local Prefect API (set PREFECT_API_URL)"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise GpuPoolError(
+                f"execution.pools.gpu={pool}: no deployment {name} on {api}: deploy it with `prefect deploy "
+                "--prefect-file deployments/prefect-gpu.yaml --all` (docs/operations.md, section 3)"
+            ) from None
+    if deployment.work_pool_name != pool:
+        raise GpuPoolError(
+            f"execution.pools.gpu={pool}: deployment {name} runs on work pool {deployment.work_pool_name}, "
+            f"not {pool} (set execution.pools.gpu: {deployment.work_pool_name}, or deploy it to {pool})"
+        )
+
+
 def run_gpu_jobs(run: Any, summary: Any) -> None:
     """Plan the GPU jobs, run them on ``execution.pools.gpu`` and wait for all of them from one loop
     (see the module doc). The job runs' counts reach the build summary."""
@@ -103,6 +142,9 @@ def run_gpu_jobs(run: Any, summary: Any) -> None:
 
     logger = get_run_logger()
     jobs = {job.job_id: job for job in plan_gpu_jobs(run)}
+    for name in run.store.ls(FOLDER):  # an earlier, stopped build's jobs (the lease: no other build is on)
+        if name.split(".", 1)[0] not in jobs:
+            run.store.delete(f"{FOLDER}/{name}")
     if not jobs:
         return
     execution = run.spec.execution
@@ -121,6 +163,10 @@ def run_gpu_jobs(run: Any, summary: Any) -> None:
                 active[job.job_id] = _submit(run, job, attempts)
             while active:
                 time.sleep(execution.gpu_poll_s)
+                if stop.requested():  # Ctrl-C or SIGTERM of a command-line build: its jobs are cancelled below
+                    from ultrafeedback.flows.build import BuildStopped
+
+                    raise BuildStopped(stop.reason() or "stopped")
                 for job_id, flow_run_id in list(active.items()):
                     job = jobs[job_id]
                     state = client.read_flow_run(flow_run_id).state
@@ -156,6 +202,9 @@ def run_gpu_jobs(run: Any, summary: Any) -> None:
                 except Exception:  # noqa: BLE001 - the stop's reason matters more
                     pass
             raise
+    for job_id in jobs:  # settled: their answers and failures are in the logs
+        for path in (job_path(job_id), heartbeat_path(job_id), result_path(job_id)):
+            run.store.delete(path)
     run.log("completions").reload()  # written by the jobs' processes
     run.log("failures/completions").reload()
 

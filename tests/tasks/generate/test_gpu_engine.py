@@ -114,3 +114,20 @@ def test_the_engine_process_imports_no_prefect_pandas_or_dask():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=dict(os.environ)
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_gpu_pool_needs_its_job_deployment_on_the_api(prefect_harness):
+    from ultrafeedback.flows.gpu_jobs import GpuPoolError, check_gpu_pool
+    from ultrafeedback.spec import validate_dict
+
+    data = {
+        "name": "t",
+        "sources": [{"name": "a", "loader": "jsonl", "path": "a.jsonl"}],
+        "models": [{"id": "open", "backend": "vllm", "model": "org/open"}],
+        "completions_per_instruction": 1,
+        "execution": {"pools": {"gpu": "gpu"}, "gpu_deployment": "gpu-job/not-deployed-here"},
+    }
+    with pytest.raises(GpuPoolError, match=r"execution.pools.gpu=gpu: no deployment gpu-job/not-deployed-here on "):
+        check_gpu_pool(validate_dict(data))
+    data["execution"] = {}
+    check_gpu_pool(validate_dict(data))  # no pool: nothing to check
