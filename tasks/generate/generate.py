@@ -21,6 +21,7 @@ from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.generate.chat_templates import ChatTemplateError
 from ultrafeedback.tasks.generate.prompt_builder import PromptBuilder, builders
 from ultrafeedback.tasks.generate.results import STAGE, cut_response, failure_from, settle
+from ultrafeedback.tasks.generate.results import unbuilt as unbuilt_failure
 from ultrafeedback.tasks.stages import ShardReport
 
 __all__ = [
@@ -114,17 +115,7 @@ def generate_shard(
         try:
             call = to_llm_request(request, instructions[request.instruction_id], entry.served_name, recipes[entry.id])
         except ChatTemplateError as exc:
-            unbuilt.append(
-                Failure(
-                    stage=STAGE,
-                    key=request.request_id,
-                    shard=shard,
-                    reason="prompt_template",
-                    error=str(exc)[:2000],
-                    attempts=0,
-                    at=time.time(),
-                )
-            )
+            unbuilt.append(unbuilt_failure(request, exc))
             continue
         batches.setdefault(group, (backend, []))[1].append(call)
     report.issued = len(requests) - len(unbuilt)

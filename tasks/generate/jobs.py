@@ -18,7 +18,6 @@ Imports no Prefect: the engine process reads job files with this module.
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -87,6 +86,7 @@ def plan_gpu_jobs(run: Run) -> list[GpuJob]:
     from ultrafeedback.tasks.generate.chat_templates import ChatTemplateError
     from ultrafeedback.tasks.generate.generate import STAGE, to_llm_request
     from ultrafeedback.tasks.generate.prompt_builder import builders
+    from ultrafeedback.tasks.generate.results import unbuilt as unbuilt_failure
 
     spec = run.spec
     entries = {entry.id: entry for entry in spec.models if entry.backend == "vllm"}
@@ -107,17 +107,7 @@ def plan_gpu_jobs(run: Run) -> list[GpuJob]:
             try:
                 call = to_llm_request(request, instructions[request.instruction_id], entry.served_name, recipe)
             except ChatTemplateError as exc:
-                unbuilt.append(
-                    Failure(
-                        stage=STAGE,
-                        key=request.request_id,
-                        shard=shard,
-                        reason="prompt_template",
-                        error=str(exc)[:2000],
-                        attempts=0,
-                        at=time.time(),
-                    )
-                )
+                unbuilt.append(unbuilt_failure(request, exc))
                 continue
             per_model[entry.id].append(
                 JobRequest(

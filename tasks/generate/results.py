@@ -42,6 +42,19 @@ def failure_from(stage: str, shard: int, result: LLMResult) -> Failure:
     )
 
 
+def unbuilt(request: CompletionRequest, error: Exception) -> Failure:
+    """A request whose model's chat template raised: recorded (``prompt_template``), never sent."""
+    return Failure(
+        stage=STAGE,
+        key=request.request_id,
+        shard=request.shard,
+        reason="prompt_template",
+        error=str(error)[:2000],
+        attempts=0,
+        at=time.time(),
+    )
+
+
 def settle(
     original: CompletionRequest, result: LLMResult, cut: str | None, backend_name: str, prompt_template: str
 ) -> tuple[LLMResult, Completion | Failure]:

@@ -29,13 +29,12 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 import yaml
 
 from tests.e2e.sim_spec import SIM_JUDGE, sim_endpoint
-from tests.e2e.test_deployment import Background, PrefectServer, _free_port, _prefect_cli, _prefect_env
+from tests.e2e.test_deployment import Background, PrefectServer, _prefect_cli, serve
 from tests.fake_vllm import digest
 from tests.golden.golden import diff_releases, read_release
 from ultrafeedback.infra.simulator.config import SimulatorConfig
@@ -117,31 +116,8 @@ def simulator() -> Iterator[Simulator]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[PrefectServer]:
-    """``prefect server start`` on loopback, both pools, and the deployments."""
-    workdir = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = _prefect_env(workdir / "home", api_url)
-    process = Background(
-        [_prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=workdir,
-        log=workdir / "server.log",
-    )
-    try:
-        deadline = time.monotonic() + 150
-        while True:
-            assert process.proc.poll() is None, f"the server exited:\n{process.output()}"
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"the server was not up:\n{process.output()}"
-            time.sleep(0.25)
-        yield PrefectServer(api_url=api_url, env=env, workdir=workdir, process=process)
-    finally:
-        process.stop()
+    """``prefect server start`` on loopback, for the module."""
+    yield from serve(tmp_path_factory.mktemp("prefect"))
 
 
 @pytest.fixture(scope="module")
