@@ -57,16 +57,23 @@ def gpu_job(store: str, dataset: str, job_id: str, heartbeat_s: float = HEARTBEA
     """Run one GPU job: its engine process, in the worker's vLLM environment, on the job's requests.
 
     Args:
-        store: the dataset's store (the spec's ``store``); its fsspec options come from the worker's
-            ``$ULTRAFEEDBACK_STORAGE_OPTIONS`` (JSON), never from parameters.
+        store: the dataset's store (the spec's ``store``, absolute), under the worker's
+            ``$ULTRAFEEDBACK_OUTPUT_ROOTS`` (``deployment_policy``); its fsspec options come from the
+            worker's ``$ULTRAFEEDBACK_STORAGE_OPTIONS`` (JSON), never from parameters.
         dataset: the dataset's name (the spec's ``name``).
         job_id: the job file under ``gpu_jobs/`` in the dataset's store.
         heartbeat_s: seconds between heartbeats (the build takes a silent job for a dead one).
     """
     import json
+    import re
 
     from prefect.runtime import flow_run
 
+    from ultrafeedback.deployment_policy import DeploymentPolicy
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", job_id) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", dataset):
+        raise ValueError(f"gpu job refused: job_id {job_id!r} or dataset {dataset!r} is not a plain name")
+    DeploymentPolicy.from_env().check_store(store)  # the worker's output roots, as for a build's store
     logger = get_run_logger()
     target = Store(store, dataset, json.loads(os.environ.get("ULTRAFEEDBACK_STORAGE_OPTIONS") or "{}"))
     python = os.environ.get(ENGINE_PYTHON_ENV) or sys.executable
@@ -217,7 +224,7 @@ def _submit(run: Any, job: GpuJob, attempts: dict[str, int]) -> Any:
     flow_run = run_deployment(
         spec.execution.gpu_deployment,
         parameters={
-            "store": spec.store,
+            "store": run.store.url,  # absolute: the worker's working directory is not the build's
             "dataset": spec.name,
             "job_id": job.job_id,
             "heartbeat_s": min(HEARTBEAT_S, spec.execution.gpu_job_stale_s / 4),

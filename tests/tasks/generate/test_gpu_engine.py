@@ -131,3 +131,33 @@ def test_a_gpu_pool_needs_its_job_deployment_on_the_api(prefect_harness):
         check_gpu_pool(validate_dict(data))
     data["execution"] = {}
     check_gpu_pool(validate_dict(data))  # no pool: nothing to check
+
+
+@pytest.mark.parametrize(
+    "store_uri, job_id, refused",
+    [
+        ("/elsewhere/store", "j1", "is not under the worker's roots"),
+        (None, "../../etc", "is not a plain name"),
+    ],
+)
+def test_a_gpu_job_run_refuses_a_store_outside_the_roots_or_a_path_as_job_id(
+    prefect_harness, tmp_path, monkeypatch, store_uri, job_id, refused
+):
+    from ultrafeedback.flows.gpu_jobs import gpu_job
+
+    monkeypatch.setenv("ULTRAFEEDBACK_OUTPUT_ROOTS", str(tmp_path))
+    with pytest.raises(Exception, match=refused):
+        gpu_job(store=store_uri or str(tmp_path / "store"), dataset="d", job_id=job_id)
+
+
+def test_a_gpu_job_run_runs_the_engine_process_and_returns_its_counts(prefect_harness, tmp_path, monkeypatch):
+    from ultrafeedback.flows.gpu_jobs import gpu_job
+
+    store = Store(str(tmp_path / "store"), "d")
+    store.write_json(job_path("j1"), job().model_dump(mode="json"))
+    monkeypatch.setenv("ULTRAFEEDBACK_OUTPUT_ROOTS", str(tmp_path))
+    monkeypatch.setenv("ULTRAFEEDBACK_VLLM_ENGINE", "tests.fake_vllm:FakeLLM")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    counts = gpu_job(store=store.url, dataset="d", job_id="j1", heartbeat_s=0.2)
+    assert counts["succeeded"] == 5 and len(store.log("completions").index()) == 5
+    assert store.read_json("gpu_jobs/j1.heartbeat.json")["pid"] > 0
