@@ -11,7 +11,8 @@ answers are checkpointed into the store (``completions``, ``failures/completions
 loses at most one call's answers, and a rerun of the job sends only the requests without a stored
 completion. ``$ULTRAFEEDBACK_VLLM_ENGINE`` (``module:callable``) puts a stand-in engine in vLLM's place.
 
-It exits when its parent (the job's flow run) is gone, before the next engine call.
+It dies with its parent (the job's flow run): on Linux at once (``PR_SET_PDEATHSIG``), elsewhere
+before the next engine call.
 """
 
 from __future__ import annotations
@@ -101,6 +102,20 @@ def run_job(store: Store, job: GpuJob, engine: Any = None, parent: int | None = 
     return counts
 
 
+def die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when its parent (the job's flow run) dies, also in
+    the middle of an engine call (elsewhere: the check before each call)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -111,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="the dataset's name (the spec's `name`)")
     parser.add_argument("--job", required=True, help="the job id (a file under gpu_jobs/ in the dataset's store)")
     args = parser.parse_args(argv)
+    parent = os.getppid()
+    die_with_parent()
+    if os.getppid() != parent:  # it died before the kernel was told
+        return ORPHANED
     options = json.loads(os.environ.get(STORAGE_OPTIONS_ENV) or "{}")
     store = Store(args.store, args.dataset, options)
-    counts = run_job(store, read_job(store, args.job), parent=os.getppid())
+    counts = run_job(store, read_job(store, args.job), parent=parent)
     _say(json.dumps(counts))
     return 0
 

@@ -161,3 +161,42 @@ def test_a_gpu_job_run_runs_the_engine_process_and_returns_its_counts(prefect_ha
     counts = gpu_job(store=store.url, dataset="d", job_id="j1", heartbeat_s=0.2)
     assert counts["succeeded"] == 5 and len(store.log("completions").index()) == 5
     assert store.read_json("gpu_jobs/j1.heartbeat.json")["pid"] > 0
+
+
+def test_the_engine_process_dies_with_the_job_flow_run_in_the_middle_of_an_engine_call(store: Store, tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    store.write_json(job_path("j1"), job(count=2, batch_size=2).model_dump(mode="json"))
+    log = tmp_path / "engine.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ULTRAFEEDBACK_VLLM_ENGINE": "tests.fake_vllm:FakeLLM",
+        "UF_FAKE_VLLM_DELAY_S": "30",  # one long engine call
+        "UF_FAKE_VLLM_LOG": str(log),
+    }
+    argv = [sys.executable, "-m", "ultrafeedback.tasks.generate.gpu_engine", "--store", store.url, "--dataset", "d"]
+    parent_code = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen({[*argv, '--job', 'j1']!r})\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], env=env, stdout=subprocess.PIPE, text=True)
+    engine = None
+    try:
+        engine = psutil.Process(int(parent.stdout.readline()))
+        time.sleep(4)  # the engine has read the job and is in its call (30 s per input)
+        assert engine.is_running()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        engine.wait(timeout=10)  # psutil.TimeoutExpired: the orphan still runs
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if engine is not None and engine.is_running():  # the test failed: stop the orphan it left
+            engine.kill()
+    assert store.log("completions").index() == {}
