@@ -434,6 +434,10 @@ def _build_leased(spec: Spec) -> str:
 
     prompt_format_versions(spec)  # an unknown prompt format is a spec error: fail before any work
     check_backends(spec)  # a missing API key too
+    if spec.execution.pools.gpu:  # and a GPU pool without its job deployment
+        from ultrafeedback.flows.gpu_jobs import check_gpu_pool
+
+        check_gpu_pool(spec)
     from ultrafeedback.tasks.publish.hub import PushFailed, check_hub_targets
 
     check_hub_targets(spec)  # and a Hub target that could not be pushed to (no token, a refused one, ...)
@@ -530,6 +534,11 @@ def _run_groups(run: Run, summary: BuildSummary, monitor: BuildMonitor) -> None:
             logger.info("%s: %d shards", " + ".join(s.name for s in group), len(run.shards()))
             for stage in group:
                 monitor.stage_started(stage.name, len(run.shards()))
+            if run.spec.execution.pools.gpu and any(stage.name == "generate" for stage in group):
+                from ultrafeedback.flows.gpu_jobs import run_gpu_jobs
+
+                with summary.stage("gpu_jobs"):  # the open models, per model across shards, on the GPU pool
+                    run_gpu_jobs(run, summary)
             with stage_bars([s.name for s in group]):
                 from ultrafeedback.flows.batches import run_until_collected  # again while Batch API batches run
 

@@ -268,6 +268,12 @@ class ResultLog:
     def keys(self) -> set[str]:
         return set(self.index())
 
+    def reload(self) -> None:
+        """Drop the index, so the next use lists the parts again: other processes appended (a GPU
+        job writes completions from its worker)."""
+        with self._lock:
+            self._index = None
+
     def locate(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """Part name -> the given keys whose latest row it holds (keys not stored are left out)."""
         index = self.index()

@@ -205,6 +205,11 @@ class DeploymentPolicy(BaseModel):
         self._check_paths(spec, inputs, _Roots(self.output_roots, cwd), cwd)
         return spec
 
+    def check_store(self, uri: str, cwd: Path | None = None) -> None:
+        """Refuse a store outside the worker's output roots (a GPU job's ``store`` parameter)."""
+        where = cwd or Path.cwd()
+        self._check(_Roots(self.output_roots, where), _output_location(uri, where), "store", OUTPUT_ROOTS_ENV)
+
     def _check_changes(self, before: Any, after: Any, where: str) -> None:
         refused = [_render(p) for p in changed_keys(before, after) if not self.allows(p)]
         if refused:

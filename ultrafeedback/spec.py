@@ -166,6 +166,19 @@ class Price(_Strict):
     output_per_mtok: float = Field(default=0.0, ge=0)
 
 
+class EngineOptions(_Strict):
+    """``vllm.LLM`` options of a ``backend: vllm`` model (how it runs, not what it answers: not in the spec hash)."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, description="GPUs one engine spans")
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1, description="vLLM's default when None")
+    max_model_len: int | None = Field(default=None, ge=1, description="context length; the model's when None")
+    dtype: str | None = Field(default=None, description="auto, half, bfloat16, ...; vLLM's default when None")
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """The options as ``vllm.LLM`` keyword arguments (unset ones left to vLLM)."""
+        return self.model_dump(exclude_none=True)
+
+
 class ModelEntry(_Strict):
     id: str = Field(description="the model id recorded in the release")
     backend: Literal["openai", "embedded", "vllm"]
@@ -200,6 +213,9 @@ class ModelEntry(_Strict):
     )
     sampling: Sampling | None = None
     price: Price = Field(default_factory=Price)
+    engine: EngineOptions = Field(
+        default_factory=EngineOptions, description="vllm.LLM options (backend vllm): tensor_parallel_size, ..."
+    )
 
     @model_validator(mode="after")
     def _check_backend(self) -> ModelEntry:
@@ -310,6 +326,16 @@ class Publish(_Strict):
     description: str | None = Field(default=None, description="the dataset card's opening paragraph (Markdown)")
 
 
+class Pools(_Strict):
+    """Prefect work pools that jobs of the build are sent to (none: everything runs in the build's process)."""
+
+    gpu: str | None = Field(
+        default=None,
+        description="the work pool of the GPU workers: the `backend: vllm` models' requests go there as jobs "
+        "(runs of `execution.gpu_deployment`), one model per job, across all shards",
+    )
+
+
 class Execution(_Strict):
     shard_size: int = Field(default=500, ge=1, description="instructions per shard")
     checkpoint_every: int = Field(default=64, ge=1, description="results per checkpoint write")
@@ -346,6 +372,30 @@ class Execution(_Strict):
         "dollars (infra/budget.py); what was done is kept and a rerun continues",
     )
     batch_poll_s: float = Field(default=60.0, gt=0, description="seconds between looks at submitted Batch API batches")
+    pools: Pools = Field(default_factory=Pools)
+    gpu_deployment: str = Field(
+        default="gpu-job/gpu-job",
+        description="the deployment (flow/deployment) that runs one GPU job (deployments/prefect-gpu.yaml)",
+    )
+    gpu_job_size: int = Field(default=2000, ge=1, description="requests per GPU job (one model, one engine load)")
+    gpu_batch_size: int = Field(
+        default=256, ge=1, description="requests per engine call in a GPU job; a checkpoint after each"
+    )
+    gpu_job_attempts: int = Field(
+        default=3, ge=1, le=20, description="runs of a GPU job (the first included) before its missing requests fail"
+    )
+    gpu_job_stale_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a running GPU job whose heartbeat is older than this is taken as dead and sent again",
+    )
+    gpu_job_start_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a GPU job run that is pending or running without its first heartbeat after this long (its "
+        "worker died while starting it) is taken as dead and sent again",
+    )
+    gpu_poll_s: float = Field(default=2.0, gt=0, description="seconds between looks at the GPU jobs' flow runs")
     dask_address: str | None = None
     dask_workers: int = Field(default=1, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
@@ -465,7 +515,7 @@ class Spec(_Strict):
                 "execution": True,
                 "gates": True,
                 "endpoints": True,
-                "models": {"__all__": {"price", "endpoint"}},
+                "models": {"__all__": {"price", "endpoint", "engine"}},
                 "judge": {"price", "endpoint", "parse_retries"},
             },
         )

@@ -44,6 +44,7 @@ def contradictions(spec: Spec) -> list[str]:
         *_gates(spec),
         *_models(spec),
         *_publish(spec),
+        *_gpu_pool(spec),
     ]
 
 
@@ -195,5 +196,29 @@ def _publish(spec: Spec) -> list[str]:
             out.append(
                 f"publish.targets[{index}].kind=store, publish.targets[{index}].uri: a store target publishes to the "
                 "store; use kind local or s3 to publish elsewhere"
+            )
+    return out
+
+
+def _gpu_pool(spec: Spec) -> list[str]:
+    """GPU jobs run the ``backend: vllm`` models; engine options mean nothing to other backends."""
+    out = []
+    vllm = [entry.id for entry in spec.models if entry.backend == "vllm"]
+    pool = spec.execution.pools.gpu
+    if pool is not None and not vllm:
+        out.append(
+            f"execution.pools.gpu={pool}: GPU jobs run the models with backend vllm, but the pool has none "
+            "(drop execution.pools.gpu or add a backend: vllm model)"
+        )
+    if pool is not None and "/" not in spec.execution.gpu_deployment:
+        out.append(
+            f"execution.gpu_deployment={spec.execution.gpu_deployment}: a deployment is named flow/deployment "
+            "(gpu-job/gpu-job)"
+        )
+    for index, entry in enumerate(spec.models):
+        if entry.backend != "vllm" and entry.engine.llm_kwargs() != {"tensor_parallel_size": 1}:
+            out.append(
+                f"models[{index}] ({entry.id}).engine, models[{index}] ({entry.id}).backend={entry.backend}: "
+                "engine options are vllm.LLM's, for backend vllm only"
             )
     return out

@@ -67,10 +67,11 @@ def model_backend(spec: Spec, entry: ModelEntry) -> Backend:
     if entry.backend == "vllm":
         from ultrafeedback.infra.llm.vllm_backend import VLLMBackend
 
-        cache_key = ("vllm", entry.path or entry.served_name)
+        options = entry.engine.llm_kwargs()  # tensor_parallel_size, ...
+        cache_key = ("vllm", entry.path or entry.served_name, repr(sorted(options.items())))
         with _LOCK:
             if cache_key not in _CACHE:
-                _CACHE[cache_key] = VLLMBackend(model=entry.path or entry.served_name)
+                _CACHE[cache_key] = VLLMBackend(model=entry.path or entry.served_name, engine_kwargs=options)
             return _CACHE[cache_key]
     raise ValueError(f"model {entry.id!r}: unknown backend {entry.backend!r}")
 

@@ -8,11 +8,17 @@ a GPU worker in this environment, run ``vllm serve`` and use the ``openai`` back
 
 from __future__ import annotations
 
+import importlib
+import os
 import threading
 import time
 from typing import Any
 
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
+
+ENGINE_ENV = "ULTRAFEEDBACK_VLLM_ENGINE"
+"""``module:callable`` that makes the engine instead of ``vllm.LLM`` (same arguments, same ``chat``,
+``generate`` and ``SamplingParams``): a stand-in engine where no GPU is, as the tests use."""
 
 _SAMPLING_KEYS = ("temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty", "seed")
 
@@ -34,6 +40,9 @@ class VLLMBackend:
         self._lock = threading.Lock()
 
     def _get_engine(self) -> Any:
+        if self._engine is None and os.environ.get(ENGINE_ENV):
+            module, _, name = os.environ[ENGINE_ENV].partition(":")
+            self._engine = getattr(importlib.import_module(module), name)(model=self.model, **self.engine_kwargs)
         if self._engine is None:
             try:
                 from vllm import LLM

@@ -20,18 +20,19 @@ from ultrafeedback.records import Completion, CompletionRequest, Failure, Instru
 from ultrafeedback.spec import Spec
 from ultrafeedback.tasks.generate.chat_templates import ChatTemplateError
 from ultrafeedback.tasks.generate.prompt_builder import PromptBuilder, builders
+from ultrafeedback.tasks.generate.results import STAGE, cut_response, failure_from, settle
+from ultrafeedback.tasks.generate.results import unbuilt as unbuilt_failure
 from ultrafeedback.tasks.stages import ShardReport
 
-STAGE = "completions"
-
-
-def cut_response(text: str, cut_at: str | None) -> str:
-    """A response as it is stored: stripped, then cut at the first ``cut_at`` (``sampling.cut_at``;
-    the original cut at four newlines after stripping, reference §2) and stripped again."""
-    text = text.strip()
-    if cut_at:
-        text = text.split(cut_at, 1)[0].rstrip()
-    return text
+__all__ = [
+    "STAGE",
+    "cut_response",
+    "failure_from",
+    "generate_shard",
+    "response_hashes",
+    "shard_label",
+    "to_llm_request",
+]
 
 
 def to_llm_request(
@@ -81,18 +82,6 @@ def response_hashes(completions: ResultLog, ids: Sequence[str]) -> dict[str, str
     return dict(zip(table.column("request_id").to_pylist(), hashes, strict=True))
 
 
-def failure_from(stage: str, shard: int, result: LLMResult) -> Failure:
-    return Failure(
-        stage=stage,
-        key=result.key,
-        shard=shard,
-        reason=result.reason or "error",
-        error=(result.error or "")[:2000],
-        attempts=result.attempts,
-        at=time.time(),
-    )
-
-
 def generate_shard(
     spec: Spec,
     store: Store,
@@ -126,17 +115,7 @@ def generate_shard(
         try:
             call = to_llm_request(request, instructions[request.instruction_id], entry.served_name, recipes[entry.id])
         except ChatTemplateError as exc:
-            unbuilt.append(
-                Failure(
-                    stage=STAGE,
-                    key=request.request_id,
-                    shard=shard,
-                    reason="prompt_template",
-                    error=str(exc)[:2000],
-                    attempts=0,
-                    at=time.time(),
-                )
-            )
+            unbuilt.append(unbuilt_failure(request, exc))
             continue
         batches.setdefault(group, (backend, []))[1].append(call)
     report.issued = len(requests) - len(unbuilt)
@@ -154,36 +133,12 @@ def generate_shard(
 
         def on_result(result: LLMResult, backend_name: str) -> None:
             original = originals[result.key]
-            response = cut_response(result.text or "", cuts.get(result.key)) if result.ok else ""
-            if result.ok and not response:
-                # an empty answer (content filter, null content, immediate stop) is a failure:
-                # stored as a success it would block the gate and never be retried
-                cut = f" after the cut at {cuts[result.key]!r}" if (result.text or "").strip() else ""
-                result = LLMResult(
-                    key=result.key,
-                    text=None,
-                    finish_reason=result.finish_reason,
-                    attempts=result.attempts,
-                    error=f"empty response{cut} (finish_reason={result.finish_reason or 'unknown'})",
-                    reason="empty_response",
-                )
-            if result.ok:
-                checkpoint.add(
-                    Completion(
-                        request_id=original.request_id,
-                        instruction_id=original.instruction_id,
-                        model=original.model,
-                        response=response,
-                        finish_reason=result.finish_reason,
-                        input_tokens=result.input_tokens,
-                        output_tokens=result.output_tokens,
-                        latency_s=round(result.latency_s, 4),
-                        backend=backend_name,
-                        prompt_template=original.prompt_template or recipes[original.model].identity,
-                    )
-                )
+            template = original.prompt_template or recipes[original.model].identity
+            result, row = settle(original, result, cuts.get(result.key), backend_name, template)
+            if isinstance(row, Completion):
+                checkpoint.add(row)
             else:
-                checkpoint.fail(failure_from(STAGE, shard, result))
+                checkpoint.fail(row)
             with lock:
                 report.add_tokens(original.model, result.input_tokens, result.output_tokens)
                 if result.ok:

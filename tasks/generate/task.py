@@ -17,6 +17,9 @@ def run_generate(run: Run, shard: int) -> ShardReport:
     results = run.log("completions")
     done = results.index()
     pending = [r for r in run.requests(shard) if r.request_id not in done]
+    if run.spec.execution.pools.gpu:  # the vLLM models' requests ran as GPU jobs (flows.gpu_jobs)
+        on_gpu = {entry.id for entry in run.spec.models if entry.backend == "vllm"}
+        pending = [r for r in pending if r.model not in on_gpu]
     if not pending:
         return ShardReport(stage=STAGE, shard=shard, skipped=True)
     instructions = run.instructions(shard)

@@ -207,6 +207,11 @@ def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
     """``prefect server start`` on a free loopback port with SQLite in a temporary PREFECT_HOME."""
     workdir = tmp_path / "prefect"
     workdir.mkdir()
+    yield from serve(workdir)
+
+
+def serve(workdir: Path) -> Iterator[PrefectServer]:
+    """``prefect server start`` in ``workdir`` (a fixture's body: yields the server, then stops it)."""
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = _prefect_env(workdir / "home", api_url)

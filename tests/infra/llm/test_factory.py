@@ -144,8 +144,9 @@ def test_vllm_models_share_a_backend_per_served_model(monkeypatch):
     import ultrafeedback.infra.llm.vllm_backend
 
     class Engine:
-        def __init__(self, model: str) -> None:
+        def __init__(self, model: str, engine_kwargs: dict) -> None:
             self.model = model
+            self.engine_kwargs = engine_kwargs
 
         def close(self) -> None:
             pass
@@ -156,10 +157,14 @@ def test_vllm_models_share_a_backend_per_served_model(monkeypatch):
             {"id": "v1", "backend": "vllm", "model": "org/m"},
             {"id": "v2", "backend": "vllm", "model": "org/m"},
             {"id": "v3", "backend": "vllm", "model": "org/other"},
+            {"id": "v4", "backend": "vllm", "model": "org/m", "engine": {"tensor_parallel_size": 2}},
         ]
     )
-    v1, v2, v3 = (factory.model_backend(spec, m) for m in spec.models)
+    v1, v2, v3, v4 = (factory.model_backend(spec, m) for m in spec.models)
     assert v1 is v2 and v3 is not v1 and (v1.model, v3.model) == ("org/m", "org/other")
+    # the engine options (models[].engine) reach vllm.LLM; other options, another engine
+    assert v4 is not v1 and v4.engine_kwargs == {"tensor_parallel_size": 2}
+    assert v1.engine_kwargs == {"tensor_parallel_size": 1}
 
 
 def test_an_unknown_backend_is_refused():
