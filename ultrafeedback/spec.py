@@ -362,7 +362,8 @@ class Execution(_Strict):
     budget_dir: str | None = Field(
         default=None,
         description="a local folder where the endpoints' budgets (requests and tokens per minute, in flight) are "
-        "kept for every process on this machine that names it (infra/llm/shared_budget.py); None: "
+        "kept for every process on this machine that names it (infra/llm/shared_budget.py), or `prefect`: on the "
+        "Prefect server, for every process on every machine using that API (infra/llm/prefect_budget.py); None: "
         "$ULTRAFEEDBACK_BUDGET_DIR, else each process keeps its own",
     )
     max_cost_usd: float | None = Field(

@@ -10,7 +10,8 @@ endpoint whose ``base_url`` or key source differs from the file's gets no backen
 never read, let alone sent to a host the file does not name for it.
 
 With ``execution.budget_dir`` (or ``$ULTRAFEEDBACK_BUDGET_DIR``) an endpoint's budgets are shared by
-every process of the machine naming that folder (``infra.llm.shared_budget``).
+every process of the machine naming that folder (``infra.llm.shared_budget``); with ``prefect``, by
+every process on every machine using the same Prefect API (``infra.llm.prefect_budget``).
 """
 
 from __future__ import annotations

@@ -667,13 +667,22 @@ def _api_key(name: str, endpoint: Endpoint) -> str | None:
 def backend_from_endpoint(name: str, endpoint: Endpoint, budget_dir: str | None = None) -> OpenAICompatBackend:
     """The backend of a spec endpoint, with its key resolved and its process-wide limiters (rate and
     in-flight), shared with every other backend of the same endpoint name; with ``budget_dir``, with
-    every process of the machine naming that folder (``infra.llm.shared_budget``)."""
-    if budget_dir:
+    every process of the machine naming that folder (``infra.llm.shared_budget``), or with
+    ``budget_dir: prefect``, with every process on every machine using this Prefect API
+    (``infra.llm.prefect_budget``)."""
+    if budget_dir == "prefect":
+        from ultrafeedback.infra.llm.prefect_budget import prefect_in_flight, prefect_limiter
+        from ultrafeedback.infra.llm.shared_budget import budget_key
+
+        key = budget_key(name, endpoint.urls)
+        limiter: RateLimiter = prefect_limiter(key, endpoint.requests_per_minute, endpoint.tokens_per_minute)
+        in_flight: InFlightLimit = prefect_in_flight(key, endpoint.max_in_flight)
+    elif budget_dir:
         from ultrafeedback.infra.llm.shared_budget import budget_key, shared_in_flight, shared_limiter
 
         key = budget_key(name, endpoint.urls)
-        limiter: RateLimiter = shared_limiter(budget_dir, key, endpoint.requests_per_minute, endpoint.tokens_per_minute)
-        in_flight: InFlightLimit = shared_in_flight(budget_dir, key, endpoint.max_in_flight)
+        limiter = shared_limiter(budget_dir, key, endpoint.requests_per_minute, endpoint.tokens_per_minute)
+        in_flight = shared_in_flight(budget_dir, key, endpoint.max_in_flight)
     else:
         limiter = get_limiter(name, endpoint.requests_per_minute, endpoint.tokens_per_minute)
         in_flight = get_in_flight(name, endpoint.max_in_flight)
