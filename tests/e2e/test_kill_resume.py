@@ -31,6 +31,11 @@ GRACE_S = 1.0
 """An answer the simulator finished writing less than this before a kill may still have been on
 its way to the client (in the socket, or read but not yet journalled): asking for it again is not
 counted as paying twice. Every other answer must never be asked for again."""
+ARRIVAL_S = 1.0
+"""The simulator stamps a request when its handler runs, which on a loaded machine can be after a
+kill that came once the killed client had written it (seen: 0.1 s after). A kill up to this long
+before a request's stamp still counts as coming after the request (a restarted build takes
+seconds to start, so its own requests cannot arrive that soon)."""
 
 KILLS = (("generation", 20), ("generation", 60), ("judge", 40), ("judge", 120))
 """Kill the build once the simulator has answered this many requests of this kind (counted over
@@ -102,7 +107,8 @@ def paid_twice(bodies: dict[str, list[list[float | int | None]]], kills: list[fl
     """Bodies requested again after an answer to them was delivered, unless a kill came while that
     answer was on its way: after its request arrived and no later than ``GRACE_S`` after the answer
     was written (a kill before the answer was written is also such a kill: the killed process's
-    socket may still take the answer, and no one reads it)."""
+    socket may still take the answer, and no one reads it). "After its request arrived" allows the
+    simulator's late stamp (``ARRIVAL_S``)."""
     found = []
     for digest, entries in bodies.items():
         entries = sorted(entries, key=lambda entry: entry[0])
@@ -111,7 +117,7 @@ def paid_twice(bodies: dict[str, list[list[float | int | None]]], kills: list[fl
             for asked, answered in delivered:
                 if answered >= came:
                     continue
-                if not any(asked <= k <= came and k <= answered + GRACE_S for k in kills):
+                if not any(asked - ARRIVAL_S <= k <= came and k <= answered + GRACE_S for k in kills):
                     found.append(f"{digest[:12]}: answered at {answered:.3f}, asked again at {came:.3f}")
     return found
 
@@ -151,6 +157,7 @@ def test_paid_twice_counts_only_answers_delivered_well_before_a_kill():
         "c" * 64: [[0.0, 1.0, 500], [2.0, 3.0, 200]],  # a failure retried: not an answer
         "d" * 64: [[0.0, 1.0, 200], [2.0, 3.0, 200]],  # asked again with no kill in between
         "e" * 64: [[4.0, 5.2, 200], [5.5, 6.0, 200]],  # written after the kill, to a dead client
-        "f" * 64: [[5.1, 5.3, 200], [7.0, 8.0, 200]],  # asked after the kill, answered, asked again
+        "f" * 64: [[6.5, 6.7, 200], [7.0, 8.0, 200]],  # asked after the kill, answered, asked again
+        "g" * 64: [[5.1, 5.2, 200], [7.0, 8.0, 200]],  # stamped 0.1 s after the kill: sent before it
     }
     assert [line[:1] for line in paid_twice(bodies, [5.0])] == ["a", "d", "f"]
