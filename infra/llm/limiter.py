@@ -158,8 +158,7 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return (
-            f"RateLimiter(requests_per_minute={self.requests_per_minute}, "
-            f"tokens_per_minute={self.tokens_per_minute})"
+            f"RateLimiter(requests_per_minute={self.requests_per_minute}, tokens_per_minute={self.tokens_per_minute})"
         )
 
 
@@ -304,41 +303,55 @@ _IN_FLIGHT: dict[str, InFlightLimit] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def get_limiter(
-    endpoint_name: str, requests_per_minute: float | None, tokens_per_minute: float | None
+def registered_limiter(
+    registry: dict[str, RateLimiter],
+    key: str,
+    make: Callable[[], RateLimiter],
+    requests_per_minute: float | None,
+    tokens_per_minute: float | None,
 ) -> RateLimiter:
-    """The process-wide limiter of one endpoint: the same name always gives the same object.
-
-    If the rates differ from the ones it was created with (the spec changed), the existing
-    limiter is reconfigured rather than replaced, so every holder keeps sharing one budget.
-    """
+    """The one limiter of ``key`` in ``registry`` (``make()`` on first use). If the rates differ
+    from the ones it has (the spec changed), it is reconfigured rather than replaced, so every
+    holder keeps sharing one budget."""
     with _REGISTRY_LOCK:
-        limiter = _REGISTRY.get(endpoint_name)
+        limiter = registry.get(key)
         if limiter is None:
-            limiter = _REGISTRY[endpoint_name] = RateLimiter(requests_per_minute, tokens_per_minute)
+            limiter = registry[key] = make()
             return limiter
-    if (limiter.requests_per_minute, limiter.tokens_per_minute) != (
-        requests_per_minute,
-        tokens_per_minute,
-    ):
+    if (limiter.requests_per_minute, limiter.tokens_per_minute) != (requests_per_minute, tokens_per_minute):
         limiter.configure(requests_per_minute, tokens_per_minute)
     return limiter
 
 
-def get_in_flight(endpoint_name: str, limit: int) -> InFlightLimit:
-    """The process-wide in-flight limit of one endpoint: the same name always gives the same object.
-
-    A changed ``limit`` (the spec changed) is applied to the existing object, so every holder keeps
-    sharing one budget.
-    """
+def registered_in_flight(
+    registry: dict[str, InFlightLimit], key: str, make: Callable[[], InFlightLimit], limit: int
+) -> InFlightLimit:
+    """The one in-flight limit of ``key`` in ``registry`` (``make()`` on first use); a changed
+    ``limit`` (the spec changed) is applied to it, so every holder keeps sharing one budget."""
     with _REGISTRY_LOCK:
-        slots = _IN_FLIGHT.get(endpoint_name)
+        slots = registry.get(key)
         if slots is None:
-            slots = _IN_FLIGHT[endpoint_name] = InFlightLimit(limit)
+            slots = registry[key] = make()
             return slots
     if slots.limit != limit:
         slots.set_limit(limit)
     return slots
+
+
+def get_limiter(endpoint_name: str, requests_per_minute: float | None, tokens_per_minute: float | None) -> RateLimiter:
+    """The process-wide limiter of one endpoint: the same name always gives the same object."""
+    return registered_limiter(
+        _REGISTRY,
+        endpoint_name,
+        lambda: RateLimiter(requests_per_minute, tokens_per_minute),
+        requests_per_minute,
+        tokens_per_minute,
+    )
+
+
+def get_in_flight(endpoint_name: str, limit: int) -> InFlightLimit:
+    """The process-wide in-flight limit of one endpoint: the same name always gives the same object."""
+    return registered_in_flight(_IN_FLIGHT, endpoint_name, lambda: InFlightLimit(limit), limit)
 
 
 def reset_limiters() -> None:

@@ -35,6 +35,7 @@ from ultrafeedback.infra import stop
 from ultrafeedback.infra.llm import loop as io_loop
 from ultrafeedback.infra.llm.base import LLMRequest, LLMResult, ResultCallback
 from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, get_in_flight, get_limiter
+from ultrafeedback.infra.llm.prefect_budget import PREFECT
 from ultrafeedback.infra.llm.replicas import Replica, ReplicaSet, is_replica_failure
 
 if TYPE_CHECKING:
@@ -670,7 +671,7 @@ def backend_from_endpoint(name: str, endpoint: Endpoint, budget_dir: str | None 
     every process of the machine naming that folder (``infra.llm.shared_budget``), or with
     ``budget_dir: prefect``, with every process on every machine using this Prefect API
     (``infra.llm.prefect_budget``)."""
-    if budget_dir == "prefect":
+    if budget_dir == PREFECT:
         from ultrafeedback.infra.llm.prefect_budget import prefect_in_flight, prefect_limiter
         from ultrafeedback.infra.llm.shared_budget import budget_key
 

@@ -45,7 +45,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
-from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter
+from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, registered_in_flight, registered_limiter
 
 if TYPE_CHECKING:
     from uuid import UUID
@@ -58,10 +58,11 @@ PREFECT = "prefect"
 """The ``budget_dir`` value that keeps budgets on the Prefect server instead of in a folder."""
 LIMIT_PREFIX = "ultrafeedback-budget"
 BURST_S = 1.0
-"""A rate limit's size: this many seconds of its rate (at least one request, or one request's tokens)."""
+"""A rate limit's size: this many seconds of its rate (at least one unit)."""
 LEASE_S = 60.0
 IDLE_S = 2.0
-"""A process gives its in-flight leases back after this long with nothing on the wire."""
+"""Every this often a process gives back the in-flight leases this time did not need (beyond its
+peak of requests on the wire plus a lease's worth; all of them when none was on the wire)."""
 _LOCKED = 423
 
 
@@ -106,8 +107,9 @@ class _Server:
                     )
                 return
 
-    def take(self, name: str, slots: int) -> float | None:
-        """Occupy ``slots`` of a rate limit: None when taken, else the seconds to wait before asking again."""
+    def take(self, name: str, slots: int) -> bool:
+        """Occupy ``slots`` of a rate limit; False when the limit has not that many free (the caller
+        waits for them to decay, not for the server's ``Retry-After``: see the module's note)."""
         import httpx
 
         try:
@@ -115,8 +117,8 @@ class _Server:
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != _LOCKED:
                 raise
-            return max(float(exc.response.headers.get("Retry-After", 0.05)), 0.01)
-        return None
+            return False
+        return True
 
     def lease(self, name: str, slots: int, lease_s: float) -> UUID | float:
         """Hold ``slots`` of a concurrency limit under a lease: its id, or the seconds to wait."""
@@ -199,7 +201,7 @@ class _Credit:
         assert self._credited is not None
         while self.left < max(self.batch, self._wanted):
             slots = min(self.size, max(self.batch, self._wanted - self.left))
-            if await asyncio.to_thread(self.server.take, self.name, slots) is None:
+            if await asyncio.to_thread(self.server.take, self.name, slots):
                 self.left += slots
                 self._credited.set()
             else:  # the time for that many slots to decay, with jitter (see the module's note on Retry-After)
@@ -355,33 +357,19 @@ class PrefectInFlight(InFlightLimit):
 
 
 _IN_FLIGHT: weakref.WeakSet[PrefectInFlight] = weakref.WeakSet()
-_LIMITERS: dict[str, PrefectRateLimiter] = {}
-_SLOTS: dict[str, PrefectInFlight] = {}
-_LOCK = threading.Lock()
+_LIMITERS: dict[str, RateLimiter] = {}
+_SLOTS: dict[str, InFlightLimit] = {}
 
 
 def prefect_limiter(key: str, requests_per_minute: float | None, tokens_per_minute: float | None) -> RateLimiter:
     """The process's one ``PrefectRateLimiter`` of ``key`` (reconfigured if the rates changed)."""
-    with _LOCK:
-        limiter = _LIMITERS.get(key)
-        if limiter is None:
-            limiter = _LIMITERS[key] = PrefectRateLimiter(key, requests_per_minute, tokens_per_minute)
-            return limiter
-    if (limiter.requests_per_minute, limiter.tokens_per_minute) != (requests_per_minute, tokens_per_minute):
-        limiter.configure(requests_per_minute, tokens_per_minute)
-    return limiter
+    make = lambda: PrefectRateLimiter(key, requests_per_minute, tokens_per_minute)  # noqa: E731
+    return registered_limiter(_LIMITERS, key, make, requests_per_minute, tokens_per_minute)
 
 
 def prefect_in_flight(key: str, limit: int) -> InFlightLimit:
     """The process's one ``PrefectInFlight`` of ``key`` (a changed limit applied)."""
-    with _LOCK:
-        slots = _SLOTS.get(key)
-        if slots is None:
-            slots = _SLOTS[key] = PrefectInFlight(key, limit)
-            return slots
-    if slots.limit != limit:
-        slots.set_limit(limit)
-    return slots
+    return registered_in_flight(_SLOTS, key, lambda: PrefectInFlight(key, limit), limit)
 
 
 @atexit.register

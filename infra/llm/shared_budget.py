@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter
+from ultrafeedback.infra.llm.limiter import InFlightLimit, RateLimiter, registered_in_flight, registered_limiter
 
 __all__ = ["SharedInFlight", "SharedRateLimiter", "budget_key", "shared_in_flight", "shared_limiter"]
 
@@ -190,42 +190,26 @@ class SharedInFlight(InFlightLimit):
 
 
 _SHARED: weakref.WeakSet[SharedRateLimiter | SharedInFlight] = weakref.WeakSet()
-_LIMITERS: dict[tuple[str, str], SharedRateLimiter] = {}
-_SLOTS: dict[tuple[str, str], SharedInFlight] = {}
-_LOCK = threading.Lock()
+_LIMITERS: dict[str, RateLimiter] = {}
+_SLOTS: dict[str, InFlightLimit] = {}
 
 
 def shared_limiter(
     folder: str, key: str, requests_per_minute: float | None, tokens_per_minute: float | None
-) -> SharedRateLimiter:
+) -> RateLimiter:
     """The process's one ``SharedRateLimiter`` of ``key`` in ``folder`` (reconfigured if the rates changed)."""
-    with _LOCK:
-        limiter = _LIMITERS.get((folder, key))
-        if limiter is None:
-            limiter = _LIMITERS[(folder, key)] = SharedRateLimiter(
-                Path(folder) / f"{key}.rate", requests_per_minute, tokens_per_minute
-            )
-            return limiter
-    if (limiter.requests_per_minute, limiter.tokens_per_minute) != (requests_per_minute, tokens_per_minute):
-        limiter.configure(requests_per_minute, tokens_per_minute)
-    return limiter
+    path = Path(folder) / f"{key}.rate"
+    make = lambda: SharedRateLimiter(path, requests_per_minute, tokens_per_minute)  # noqa: E731
+    return registered_limiter(_LIMITERS, str(path), make, requests_per_minute, tokens_per_minute)
 
 
-def shared_in_flight(folder: str, key: str, limit: int) -> SharedInFlight:
+def shared_in_flight(folder: str, key: str, limit: int) -> InFlightLimit:
     """The process's one ``SharedInFlight`` of ``key`` in ``folder`` (a changed limit applied)."""
-    with _LOCK:
-        slots = _SLOTS.get((folder, key))
-        if slots is None:
-            slots = _SLOTS[(folder, key)] = SharedInFlight(Path(folder) / f"{key}.slots", limit)
-            return slots
-    if slots.limit != limit:
-        slots.set_limit(limit)
-    return slots
+    path = Path(folder) / f"{key}.slots"
+    return registered_in_flight(_SLOTS, str(path), lambda: SharedInFlight(path, limit), limit)
 
 
 def _after_fork_in_child() -> None:
-    global _LOCK
-    _LOCK = threading.Lock()
     for shared in list(_SHARED):
         shared._reopen()
 
