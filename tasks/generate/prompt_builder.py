@@ -135,12 +135,7 @@ def _make(spec: Spec, entry: ModelEntry) -> PromptBuilder:
             )
         if kind not in (SERVER, "chat"):  # a raw format places the principle itself
             return PromptBuilder(identity=f"{kind}@{FORMATS[kind].version}", kind=kind, placement="format")
-        placement = "system" if chosen == "auto" else chosen
-        if placement == "default_system":
-            raise SpecError(
-                f"{where}.principle_placement=default_system, {where}.chat_template={entry.chat_template}: the "
-                "default system text comes from a template file; name one, or use system"
-            )
+        placement = "system" if chosen == "auto" else chosen  # default_system here: refused by spec_checks
         joiner = _joiner(entry, placement)
         identity = SERVER if kind == SERVER else f"chat@{FORMATS['chat'].version}"
         if placement != "system":
