@@ -51,6 +51,9 @@ class BuildSummary:
         self.failures: Counter[str] = Counter()
         self.tokens: dict[str, list[int]] = {}
         self.seconds: dict[str, float] = {}
+        self.busy: dict[str, float] = {}
+        """Overlapping stages: the sum of their shard tasks' wall times (a span also holds the time
+        spent waiting for the stages before it)."""
         self.issued: Counter[str] = Counter()
         self.replayed: Counter[str] = Counter()
         self.gates: dict[str, Any] = {}
@@ -69,6 +72,9 @@ class BuildSummary:
         """A stage that overlaps others: its wall time is from its first shard's start to its last
         shard's end."""
         self.seconds[name] = round(ended - started, 3)
+
+    def add_busy(self, name: str, seconds: float) -> None:
+        self.busy[name] = round(self.busy.get(name, 0.0) + seconds, 3)
 
     def add_reports(self, reports: list[dict[str, Any]]) -> None:
         for report in reports:
@@ -107,6 +113,7 @@ class BuildSummary:
             "tokens": self.tokens,
             "estimated_cost_usd": self.cost(spec),
             "seconds": self.seconds,
+            "busy_seconds": self.busy,
             "notes": list(self.notes),
         }
 
@@ -128,6 +135,8 @@ class BuildSummary:
         for model, (tokens_in, tokens_out) in sorted(self.tokens.items()):
             lines.append(f"tokens:    {model}: {tokens_in} in / {tokens_out} out, est. ${cost.get(model, 0):.4f}")
         lines.append("time (s):  " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
+        if self.busy:
+            lines.append("shard tasks (s, summed): " + ", ".join(f"{k} {v:.1f}" for k, v in self.busy.items()))
         return "\n".join(lines)
 
 
@@ -198,7 +207,7 @@ def _show_gate(run: Run, gate: Gate, result: Any) -> None:
     from ultrafeedback.infra import artifacts
 
     dataset = run.spec.name
-    docs = _data_docs(run, gate, result)
+    docs = _data_docs(run, gate, result) if run.spec.gates.data_docs else None
     description = f"Great Expectations gate `{gate.suite}` of `{dataset}`: {'passed' if result.passed else 'FAILED'}"
     if docs is not None:
         description += f"; Data Docs: {docs['page']}"
@@ -321,7 +330,7 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
     from ultrafeedback.expectations.gate import GateResult
 
     queue = run.shards()
-    running: dict[Any, tuple[int, int]] = {}
+    running: dict[Any, tuple[int, int, float]] = {}
     gates: dict[str, dict[str, list[Any]]] = {stage.name: {} for stage in group}
     spans: dict[str, list[float]] = {}
     crash: BaseException | None = None
@@ -330,7 +339,8 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
 
     def submit(shard: int, index: int) -> None:
         spans.setdefault(group[index].name, [time.monotonic(), 0.0])
-        running[shard_task.submit(run.spec, group[index].name, shard, run.run_id)] = (shard, index)
+        future = shard_task.submit(run.spec, group[index].name, shard, run.run_id)
+        running[future] = (shard, index, time.monotonic())
 
     def going() -> bool:
         return crash is None and not stop.requested()
@@ -350,8 +360,9 @@ def _run_pipeline(run: Run, group: list[Stage], summary: BuildSummary) -> dict[s
         if not running:
             return
         finished = next(as_completed(list(running)))
-        shard, index = running.pop(finished)
+        shard, index, submitted = running.pop(finished)
         spans[group[index].name][1] = time.monotonic()
+        summary.add_busy(group[index].name, spans[group[index].name][1] - submitted)
         try:
             data = _report_of(finished)
         except (KeyboardInterrupt, TerminationSignal):

@@ -18,6 +18,9 @@ os.environ.update(
         "HF_DATASETS_OFFLINE": "1",
         "ULTRAFEEDBACK_PROGRESS": "0",
         "TOKENIZERS_PARALLELISM": "false",
+        # one PyTorch thread for the embedded model: three test processes share two cores, and
+        # OpenMP threads of one process spin waiting for each other
+        "ULTRAFEEDBACK_EMBEDDED_THREADS": "1",
     }
 )
 os.environ.pop("PREFECT_API_URL", None)
@@ -34,10 +37,11 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_address(tmp_path_factory):
     """A Dask cluster of separate processes (``dask scheduler`` and one ``dask worker`` on 127.0.0.1),
-    once per session, stopped at its end: what ``execution.dask_address`` names at scale."""
+    once per test file, stopped at its end (idle Dask processes tick for the rest of a session):
+    what ``execution.dask_address`` names at scale."""
     from tests.dask_processes import dask_processes
 
     with dask_processes(tmp_path_factory.mktemp("dask"), workers=1) as address:

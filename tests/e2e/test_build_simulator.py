@@ -71,7 +71,11 @@ def spec_data(folder: Path, url: str, **changes: object) -> dict:
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
         "judge": dict(SIM_JUDGE),
         "binarize": {"rule": "h4", "test_size": 0.25, "seed": 1},
-        "execution": {"shard_size": 4, "checkpoint_every": 8},
+        # no Data Docs pages (seconds of Jinja per gate); the golden and deployment builds write them
+        "gates": {"data_docs": False},
+        # validations in the flow's own process: a worker process costs each build seconds of imports;
+        # the golden, kill/resume, interrupt, deployment, S3 and paper-spec builds keep the default worker
+        "execution": {"shard_size": 4, "checkpoint_every": 8, "worker_processes": 0},
     }
     data.update(changes)
     return data
@@ -154,6 +158,8 @@ def test_build_publishes_and_a_rerun_sends_no_request(prefect_harness, sim, tmp_
     assert first["by_kind"] == {"generation": 36, "judge_aspect": 36, "critique": 36}
     assert first["with_auth"] == first["total"]
     assert_no_secret(tmp_path)
+    assert {p.name for p in (root / "gates").glob("*.json")} >= {"annotate.json", "generate.json"}
+    assert not (root / "data_docs").exists()  # gates.data_docs: false
 
     written = {p: p.stat().st_mtime_ns for p in root.rglob("*.parquet") if "releases" not in p.parts}
     gate_runs = []
@@ -197,7 +203,6 @@ def test_transient_faults_are_retried_and_the_build_completes(prefect_harness, t
     with Simulator(config) as sim:
         write_sources(tmp_path)
         data = spec_data(tmp_path, sim.url)
-        data["execution"]["worker_processes"] = 0  # validations in the flow's own process (other tests: a worker)
         uri = run_build(write_spec(tmp_path, data))
         check_release(uri)
         faults = sim.stats()["faults"]
@@ -350,7 +355,7 @@ def test_judge_calls_that_stayed_unparseable_are_resent_only_with_reparse(prefec
     write_sources(tmp_path)
     data = spec_data(tmp_path, sim.url)
     data["judge"]["parse_retries"] = 1
-    data["gates"] = {"min_annotation_success": 0.5, "min_rating_rate": 0.0}
+    data["gates"].update(min_annotation_success=0.5, min_rating_rate=0.0)
     spec_path = write_spec(tmp_path, data)
     sim.update(rate_unparseable=0.4)
     assert main(["build", str(spec_path)]) == 0

@@ -239,6 +239,19 @@ def serve(workdir: Path) -> Iterator[PrefectServer]:
         process.stop()
 
 
+@pytest.fixture(scope="module")
+def deployed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One server for this file's tests, the demo deployment made on it the README's way (each test
+    starts and checks its own flow runs)."""
+    servers = serve(tmp_path_factory.mktemp("prefect"))
+    server = next(servers)
+    try:
+        _deploy(server)
+        yield server
+    finally:
+        servers.close()
+
+
 @pytest.fixture
 def simulator() -> Iterator[Simulator]:
     with Simulator(SimulatorConfig(latency_ms=2, seed=11, api_key=SECRET)) as sim:
@@ -325,8 +338,8 @@ def _work(server: PrefectServer, flow_run_id: str, folder: Path, policy: dict[st
     return state, log
 
 
-def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server, simulator, tmp_path):
-    server = prefect_server
+def test_demo_deployment_runs_the_build_with_parameter_overrides(deployed_server, simulator, tmp_path):
+    server = deployed_server
     spec_dir = tmp_path / "spec"
     spec_dir.mkdir()
     spec_path = _write_spec(spec_dir, simulator.url).resolve()
@@ -343,7 +356,8 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
         "ULTRAFEEDBACK_OUTPUT_ROOTS": str(override_store),
     }
 
-    deployment = _deploy(server)
+    deployment = server.get("/deployments/name/" + DEPLOYMENT)
+    assert deployment["work_pool_name"] == POOL
     assert deployment["entrypoint"] == "flows/deployment.py:build"
     assert deployment["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
@@ -407,7 +421,7 @@ def test_demo_deployment_runs_the_build_with_parameter_overrides(prefect_server,
 
 
 def test_a_deployment_run_cannot_change_a_key_it_is_not_allowed_to_or_send_the_key_elsewhere(
-    prefect_server, simulator, tmp_path
+    deployed_server, simulator, tmp_path
 ):
     """From the UI, a run that points the endpoint at another host (a listener on 127.0.0.1, another
     port, that records Authorization headers) is refused before any work: by the worker's default
@@ -415,12 +429,11 @@ def test_a_deployment_run_cannot_change_a_key_it_is_not_allowed_to_or_send_the_k
     the spec file names. Neither the simulator nor the listener hears a request."""
     from tests.auth_listener import AuthListener
 
-    server = prefect_server
+    server = deployed_server
     spec_dir = tmp_path / "spec"
     spec_dir.mkdir()
     spec_path = _write_spec(spec_dir, simulator.url).resolve()
     roots = {"ULTRAFEEDBACK_INPUT_ROOTS": str(spec_dir), "ULTRAFEEDBACK_OUTPUT_ROOTS": str(spec_dir)}
-    _deploy(server)
     with AuthListener() as listener:
         redirect = [f"endpoints.sim.base_url={listener.url}"]
         cases = {

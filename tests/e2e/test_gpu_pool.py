@@ -198,7 +198,9 @@ def _spec(folder: Path, sim_url: str, store: Path, job_size: int) -> Path:
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 48},
         "judge": dict(SIM_JUDGE),
         "binarize": {"rule": "h4", "test_size": 0.34, "seed": 1},
+        "gates": {"data_docs": False},
         "execution": {
+            "worker_processes": 0,  # validations in the build's process: the GPU jobs are the subject here
             "shard_size": 3,
             "checkpoint_every": 4,
             "pools": {"gpu": "gpu"},

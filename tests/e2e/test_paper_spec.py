@@ -130,6 +130,8 @@ def test_paper_spec_builds_against_the_simulator(prefect_harness, tmp_path, monk
             "binarize.test_size=0.3",
             "binarize.exclude_sources=[]",
             "execution.shard_size=8",
+            "execution.worker_processes=0",  # the spec is the subject here, not the worker process
+            "gates.data_docs=false",
         ]
         uri = build(spec_path=str(SPEC), overrides=overrides)
 

@@ -53,7 +53,8 @@ def _spec(folder: Path, url: str, quota: int, models: int = 5) -> Path:
         "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 32},
         "judge": dict(SIM_JUDGE),
         "binarize": {"rule": "h4", "test_size": 0.25, "seed": 1},
-        "execution": {"shard_size": 5, "checkpoint_every": 8},
+        "gates": {"data_docs": False},
+        "execution": {"shard_size": 5, "checkpoint_every": 8, "worker_processes": 0},
     }
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -109,6 +109,10 @@ def test_pipeline_bounds_shards_and_overlaps_stages(prefect_harness, tmp_path, p
     assert summary.seconds["pipeline:generate+annotate"] >= max(
         summary.seconds["generate"], summary.seconds["annotate"]
     )
+    # busy: each stage's shard tasks summed (4 shards: generate sleeps 0.3 s once and 0.6 s three times)
+    assert set(summary.busy) == {"generate", "annotate"}
+    assert summary.busy["generate"] >= 0.3 + 3 * 0.6
+    assert summary.busy["generate"] <= parallel * summary.seconds["generate"] + 0.1
 
 
 def test_a_crashed_shard_stops_new_shards_and_keeps_the_finished_reports(prefect_harness, tmp_path):

@@ -95,6 +95,18 @@ def collect(backend: EmbeddedBackend, requests: list[LLMRequest]) -> dict[str, L
 # --- weights discovery and installation errors ---------------------------------------------------
 
 
+def test_threads_come_from_the_variable_else_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(embedded.THREADS_ENV, "3")
+    assert embedded.default_threads() == 3
+    monkeypatch.delenv(embedded.THREADS_ENV)
+    monkeypatch.setattr(embedded.os, "cpu_count", lambda: 6)
+    assert embedded.default_threads() == 6
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(embedded.THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=f"ULTRAFEEDBACK_EMBEDDED_THREADS={bad!r}"):
+            embedded.default_threads()
+
+
 def test_default_weights_are_found_without_importing_the_package() -> None:
     import sys
 
