@@ -200,7 +200,9 @@ def _init_worker() -> None:
     cancel's SIGTERM (Prefect signals the flow run's process group): they are for the run's
     process, which stops gracefully and then shuts its workers down; a worker killed by them would
     fail the validation it runs with a broken pool and a traceback. It also exits without a last
-    full garbage collection (``fast_exit``)."""
+    full garbage collection (``fast_exit``), and exits when the run's process is gone (``kill -9``,
+    an out-of-memory kill): the pool's queue never reports that to a waiting worker, which holds a
+    write end of it itself, so without this the worker would wait forever."""
     import signal
 
     from ultrafeedback.infra.stop import fast_exit
@@ -208,6 +210,26 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fast_exit()
+    exit_with_parent()
+
+
+def exit_with_parent() -> None:
+    """End this process (``os._exit``) as soon as the process that started it has ended: a daemon
+    thread waits on the parent's sentinel (``multiprocessing.parent_process``; spawned children
+    have one). Does nothing in a process not started by ``multiprocessing``."""
+    import multiprocessing
+    import os
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class RequestKey(NamedTuple):
