@@ -79,8 +79,13 @@ class Run:
 
     def worker_pool(self) -> Any:
         """The run's worker processes for CPU-heavy shard work (a ``ProcessPoolExecutor``, started on
-        first use), or None when ``execution.worker_processes`` is 0."""
+        first use), or None when ``execution.worker_processes`` is 0, or unset and the build is
+        smaller than ``AUTO_WORKER_MIN_INSTRUCTIONS`` (decided again at each use until a pool starts:
+        before ingest has written its shards, the build counts as small)."""
         workers = self.spec.execution.worker_processes
+        if workers is None:
+            size = len(self.shards()) * self.spec.execution.shard_size
+            workers = 1 if size >= AUTO_WORKER_MIN_INSTRUCTIONS else 0
         if workers == 0:
             return None
         with self._lock:
@@ -193,6 +198,13 @@ class Run:
             if key not in self._shared:
                 self._shared[key] = create()
             return self._shared[key]
+
+
+AUTO_WORKER_MIN_INSTRUCTIONS = 2_000
+"""With ``execution.worker_processes`` unset, a build of at least this many instructions (shards x
+``shard_size``) starts one worker process. A worker costs seconds of CPU to start (Great
+Expectations alone imports in about 4 s), and a gate's validation is a fraction of a second of
+fixed cost per shard: below this, the worker costs more than it takes off the event loop's process."""
 
 
 def _init_worker() -> None:

@@ -353,12 +353,14 @@ class Execution(_Strict):
         description="on Ctrl-C, SIGTERM or a cancel from the Prefect UI: no new request starts, and the requests "
         "on the wire get this many seconds to answer (their answers are kept) before they are abandoned",
     )
-    worker_processes: int = Field(
-        default=1,
+    worker_processes: int | None = Field(
+        default=None,
         ge=0,
         le=16,
         description="worker processes for the CPU-heavy shard work (Great Expectations validations, the "
-        "score join), off the process whose event loop drives the API calls; 0 runs it in that process",
+        "score join), off the process whose event loop drives the API calls; 0 runs it in that process; "
+        "unset: one once the build has at least 2,000 instructions (shards x shard_size), none below "
+        "(a worker's start, seconds of imports, costs a small build more than it saves)",
     )
     reparse_failed: bool = Field(
         default=False,

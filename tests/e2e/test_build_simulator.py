@@ -73,8 +73,8 @@ def spec_data(folder: Path, url: str, **changes: object) -> dict:
         "binarize": {"rule": "h4", "test_size": 0.25, "seed": 1},
         # no Data Docs pages (seconds of Jinja per gate); the golden and deployment builds write them
         "gates": {"data_docs": False},
-        # validations in the flow's own process: a worker process costs each build seconds of imports;
-        # the golden, kill/resume, interrupt, deployment, S3 and paper-spec builds keep the default worker
+        # validations in the flow's own process (as the default does for a build this small); the golden,
+        # interrupt and cancel builds ask for a worker process
         "execution": {"shard_size": 4, "checkpoint_every": 8, "worker_processes": 0},
     }
     data.update(changes)

@@ -60,6 +60,7 @@ def _spec(folder: Path, url: str, store: Path) -> Path:
     spec["store"] = str(store)
     spec["endpoints"]["sim"]["max_in_flight"] = 2  # 16 completions of 0.7 s each, two at a time: about 6 s
     spec["execution"]["parallel_shards"] = 2
+    spec["execution"]["worker_processes"] = 1  # a worker the cancel's SIGTERM reaches too (it must ignore it)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 

@@ -50,6 +50,7 @@ def _spec(folder: Path, url: str) -> Path:
     data = spec_data(folder, url)
     data["endpoints"]["sim"]["max_in_flight"] = 4
     data["execution"] = {"shard_size": 4, "checkpoint_every": 1000, "parallel_shards": 2, "stop_grace_s": GRACE_S}
+    data["execution"]["worker_processes"] = 1  # a worker the Ctrl-C reaches too (it must ignore it)
     return write_spec(folder, data)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,12 +91,13 @@ def simulator() -> Iterator[Any]:
         yield sim
 
 
-def build_release(folder: Path, store: Path, sim_url: str) -> str:
-    """Build ``folder/spec.yaml`` with the code on the import path; returns the release URI.
-    The caller sets ``KEY_ENV`` and provides a Prefect API (the test harness)."""
+def build_release(folder: Path, store: Path, sim_url: str, extra: Sequence[str] = ()) -> str:
+    """Build ``folder/spec.yaml`` with the code on the import path (``extra``: more overrides, of
+    how it runs, not of what it makes); returns the release URI. The caller sets ``KEY_ENV`` and
+    provides a Prefect API (the test harness)."""
     from ultrafeedback.flows.build import build
 
-    return build(spec_path=str(folder / SPEC), overrides=overrides(str(store), sim_url))
+    return build(spec_path=str(folder / SPEC), overrides=[*overrides(str(store), sim_url), *extra])
 
 
 def read_release(uri: str) -> dict[str, pa.Table]:
